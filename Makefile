@@ -1,0 +1,37 @@
+# cloakbench: `make demo` runs the bundled baseline pipeline, `make test` runs the tests.
+# Both install what they need first (scripts/setup.sh, idempotent).
+SHELL := /bin/bash
+
+export CLOAKBENCH_HOME ?= $(HOME)/.cache/cloakbench
+# One cargo target folder outside the clone: fresh clones (CI) reuse earlier builds.
+export CARGO_TARGET_DIR ?= $(CLOAKBENCH_HOME)/target
+# torch-sys and our build.rs find libtorch in the venv's torch wheel.
+export VIRTUAL_ENV := $(CURDIR)/.venv
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+
+BIN := $(CARGO_TARGET_DIR)/release/cloakbench
+PIPELINE ?= pipelines/baseline.toml
+
+.PHONY: setup build demo test bench clean-runs
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cargo build --release --locked
+
+## Run the default pipeline (extra flags: make demo ARGS="--set ingest.dataset=/my/photos").
+demo: build
+	$(BIN) run $(PIPELINE) $(ARGS)
+
+## All tests: unit, golden, end-to-end, S3, Parquet read back by Polars and Pandas.
+test: build
+	cargo test --release --locked -- --test-threads=1
+
+## Throughput of ingest and embed against the raw model (a benchmark, not a test).
+bench: build
+	$(BIN) bench $(ARGS)
+
+clean-runs:
+	rm -rf runs

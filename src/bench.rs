@@ -1,0 +1,79 @@
+//! `cloakbench bench`: throughput of the baseline's data path, and how much of it is overhead.
+//!
+//! Runs the real `ingest` and `embed` stages on a dataset into a scratch run folder, then feeds
+//! the same model random tensors of the same batch size for the same number of pictures. The
+//! ratio embed / raw forward shows what fetching, decoding, resizing and writing cost on top of
+//! the network itself. Peak resident memory comes from the kernel (VmHWM).
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use crate::io::table;
+use crate::pipeline::{self, RunOptions};
+
+pub fn baseline(dataset: &str, model: &str, batch_size: usize, device: &str) -> Result<ExitCode> {
+    let scratch = std::env::temp_dir().join(format!("cloakbench-bench-{}", std::process::id()));
+    let text = format!(
+        "[pipeline]\nname = \"bench\"\nrun_root = {root:?}\n\
+         [stages.ingest]\nkind = \"ingest\"\ndataset = {dataset:?}\n\
+         [stages.embed]\nkind = \"embed\"\nmodel = {model:?}\nbatch_size = {batch_size}\ndevice = {device:?}\n",
+        root = scratch.display().to_string(),
+    );
+    let options = RunOptions { force: true, quiet: true };
+    let plan = pipeline::parse(&text, &[])?;
+    let only_ingest = pipeline::Plan { stages: plan.stages[..1].to_vec(), ..plan.clone() };
+
+    let t = Instant::now();
+    pipeline::run(&only_ingest, &options)?;
+    let ingest_s = t.elapsed().as_secs_f64();
+    let run_dir = crate::io::Location::open(&scratch.join("bench").display().to_string())?;
+    let n_images: usize = table::read(&run_dir, "images")?.iter().map(|b| b.num_rows()).sum();
+
+    let t = Instant::now();
+    // Not forced: ingest is up to date and skipped, so only embed is timed.
+    pipeline::run(&plan, &RunOptions { force: false, quiet: true })?;
+    let embed_s = t.elapsed().as_secs_f64();
+    let n_embedded: usize = table::read(&run_dir, "embeddings")?.iter().map(|b| b.num_rows()).sum();
+
+    let raw_s = raw_forward_seconds(model, batch_size, n_embedded, device)?;
+    let peak_mib = peak_rss_mib();
+    std::fs::remove_dir_all(&scratch).ok();
+
+    let dev = crate::models::device(device)?;
+    println!("cloakbench bench: {dataset}, model {model}, batch {batch_size}, device {dev:?}, {} threads", tch::get_num_threads());
+    println!("  ingest          {n_images:>6} images  {ingest_s:>7.2} s  {:>8.1} images/s", n_images as f64 / ingest_s);
+    println!("  embed           {n_embedded:>6} images  {embed_s:>7.2} s  {:>8.1} images/s", n_embedded as f64 / embed_s);
+    println!("  raw forward     {n_embedded:>6} images  {raw_s:>7.2} s  {:>8.1} images/s  (random tensors, same batch size)", n_embedded as f64 / raw_s);
+    println!("  embed / raw forward throughput: {:.2}  (1.00 = no pipeline overhead)", raw_s / embed_s);
+    println!("  peak resident memory: {peak_mib:.0} MiB");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Seconds for the model alone to embed `n` random pictures in batches of `batch_size`.
+fn raw_forward_seconds(model_id: &str, batch_size: usize, n: usize, device: &str) -> Result<f64> {
+    let device = crate::models::device(device)?;
+    let model = crate::models::load(model_id, device)?;
+    let [h, w] = model.card().input_size;
+    let batch = Tensor::rand([batch_size as i64, 3, h, w], (Kind::Float, device)) * 255.0;
+    let _ = tch::no_grad(|| model.embed(&batch)); // warm-up
+    let t = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let take = batch_size.min(n - done) as i64;
+        let out = tch::no_grad(|| model.embed(&batch.narrow(0, 0, take)));
+        let _ = out.to_device(tch::Device::Cpu);
+        done += take as usize;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Peak resident set size of this process, from /proc (0 where unavailable).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kib| kib / 1024.0)
+}

@@ -1,0 +1,125 @@
+//! Command-line interface: flags in, one function per command, an exit code out.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::pipeline::{self, RunOptions};
+
+/// Cloak face photos and measure, on real data, whether the cloak still protects anyone.
+#[derive(Parser, Debug)]
+#[command(name = "cloakbench", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a pipeline file: each stage reads and writes named Parquet tables under
+    /// <run_root>/<pipeline name>/; stages whose configuration and inputs are unchanged since
+    /// the last successful run are skipped.
+    Run {
+        /// Pipeline file, e.g. pipelines/baseline.toml.
+        pipeline: PathBuf,
+        /// Override a setting: a dotted key into the file and a value, e.g.
+        /// `--set ingest.dataset=s3://bucket/faces`, `--set split.seed=3`, `--set run_root=/tmp/runs`.
+        /// Values are read as TOML when they parse (numbers, booleans, ["lists"]), else as text.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Where runs are written (local folder or s3://bucket/prefix); default: the file's run_root, else `runs`.
+        #[arg(long, value_name = "URL")]
+        run_root: Option<String>,
+        /// Rerun every stage, even those already done.
+        #[arg(long)]
+        force: bool,
+        /// No progress and no log lines on stderr (results are still printed).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// The face models of the zoo.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// List the stage kinds a pipeline file can use, with their input and output tables.
+    Stages,
+    /// Measure throughput: ingest and embed images/s on a dataset, beside the model's raw
+    /// forward throughput on random tensors of the same batch size.
+    Bench {
+        /// Dataset to measure on.
+        #[arg(long, default_value = "../shared/datasets/facescrub12")]
+        dataset: String,
+        #[arg(long, default_value = "dlib_resnet29_150")]
+        model: String,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// auto, cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// Installed models with input size, output dimension, source and licence.
+    List,
+}
+
+/// Parses the command line, runs the command and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cloakbench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run { pipeline, set, run_root, force, quiet } => run(&pipeline, set, run_root, RunOptions { force, quiet }),
+        Command::Models { command: ModelsCommand::List } => models_list(),
+        Command::Stages => stages(),
+        Command::Bench { dataset, model, batch_size, device } => crate::bench::baseline(&dataset, &model, batch_size, &device),
+    }
+}
+
+fn run(path: &PathBuf, mut set: Vec<String>, run_root: Option<String>, options: RunOptions) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read pipeline", path.display()))?;
+    if let Some(root) = run_root {
+        set.push(format!("pipeline.run_root={root}"));
+    }
+    let plan = pipeline::parse(&text, &set).with_context(|| format!("{}", path.display()))?;
+    let summary = pipeline::run(&plan, &options)?;
+    for text in &summary.report {
+        println!("{text}");
+    }
+    println!("\ntables in {}", summary.run_dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn models_list() -> Result<ExitCode> {
+    println!("{:<34} {:>9} {:>5} {:<10} {:<9} {:<48} licence", "model", "input", "dim", "alignment", "weights", "source");
+    for card in crate::models::cards() {
+        let installed = if crate::models::weights_path(&card).is_ok() { "installed" } else { "missing" };
+        let input = format!("{}x{}", card.input_size[0], card.input_size[1]);
+        let weak = if card.weak { " (weak)" } else { "" };
+        println!(
+            "{:<34} {input:>9} {:>5} {:<10} {installed:<9} {:<48} {}",
+            format!("{}{weak}", card.id), card.output_dim, card.alignment, format!("{} {}", card.source.registry, card.source.package), card.licence
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stages() -> Result<ExitCode> {
+    for k in pipeline::stage::kinds() {
+        println!("{:<10} {:?} -> {:?}\n           {}", k.name, k.inputs, k.outputs, k.summary);
+    }
+    Ok(ExitCode::SUCCESS)
+}

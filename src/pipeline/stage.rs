@@ -1,0 +1,102 @@
+//! What a stage is: a component kind (its slots and how to build it from its configuration)
+//! and the [`Context`] through which a running stage reads and writes tables.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, anyhow};
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+
+use crate::io::{Location, table};
+use crate::progress::Progress;
+
+/// A runnable stage, built from its configuration.
+pub trait Stage {
+    /// Does the stage's work: reads its input slots and writes every output slot.
+    fn run(&self, ctx: &mut Context) -> Result<()>;
+
+    /// Material beyond the configuration and inputs that decides whether earlier outputs are
+    /// still valid, such as the listing of a dataset. Empty by default.
+    fn fingerprint_extra(&self) -> Result<String> {
+        Ok(String::new())
+    }
+}
+
+/// A component kind: its name, its table slots and its constructor.
+pub struct Kind {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub inputs: &'static [&'static str],
+    pub outputs: &'static [&'static str],
+    pub build: fn(toml::Table) -> Result<Box<dyn Stage>>,
+}
+
+impl std::fmt::Debug for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Builds a stage from its TOML table into config struct `T` (which rejects unknown keys).
+pub fn build_from<T>(table: toml::Table) -> Result<Box<dyn Stage>>
+where
+    T: Stage + serde::de::DeserializeOwned + 'static,
+{
+    Ok(Box::new(table.try_into::<T>()?))
+}
+
+/// Every component kind, in pipeline order.
+pub fn kinds() -> &'static [Kind] {
+    &[
+        crate::io::ingest::KIND,
+        crate::train::split::KIND,
+        crate::embed::KIND,
+        crate::train::classify::KIND,
+        crate::evaluate::KIND,
+    ]
+}
+
+pub fn kind(name: &str) -> Result<&'static Kind> {
+    kinds().iter().find(|k| k.name == name).ok_or_else(|| anyhow!("unknown kind {name:?}; kinds are {}", kind_names()))
+}
+
+pub fn kind_names() -> String {
+    kinds().iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+/// What a running stage sees: its wiring, the run folder and the run's options.
+pub struct Context<'a> {
+    pub stage: &'a str,
+    pub run_dir: &'a Location,
+    pub inputs: &'a BTreeMap<String, String>,
+    pub outputs: &'a BTreeMap<String, String>,
+    pub options: &'a super::RunOptions,
+    /// Text the stage wants shown to the user as a result (printed on stdout after the run).
+    pub report: Vec<String>,
+}
+
+impl Context<'_> {
+    fn table_for<'b>(&self, wiring: &'b BTreeMap<String, String>, slot: &str) -> &'b str {
+        wiring.get(slot).unwrap_or_else(|| panic!("stage {} has no slot {slot}", self.stage))
+    }
+
+    /// Reads the whole table wired to input `slot`.
+    pub fn read(&self, slot: &str) -> Result<Vec<RecordBatch>> {
+        table::read(self.run_dir, self.table_for(self.inputs, slot))
+    }
+
+    /// Writes the whole table for output `slot`.
+    pub fn write(&self, slot: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<usize> {
+        table::write(self.run_dir, self.table_for(self.outputs, slot), schema, batches)
+    }
+
+    /// A streaming writer for output `slot`.
+    pub fn writer(&self, slot: &str, schema: SchemaRef) -> Result<table::TableWriter> {
+        table::TableWriter::create(self.run_dir, self.table_for(self.outputs, slot), schema)
+    }
+
+    /// A progress display for `total` items of this stage.
+    pub fn progress(&self, total: u64, unit: &str) -> Progress {
+        Progress::new(self.stage, total, unit, self.options.quiet)
+    }
+}

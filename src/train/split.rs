@@ -1,0 +1,180 @@
+//! The `split` stage: per identity, seeded, a fixed fraction of each person's pictures to train
+//! and the rest to test (70/30 in the FaceScrub protocol), and which users are protected.
+//!
+//! Each identity is shuffled with its own seed derived from the run seed and its name, so adding
+//! a person to a dataset does not move anyone else's pictures between train and test.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use arrow_array::{Array, BooleanArray, StringArray};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::Rng;
+use crate::io::table::{self, column};
+use crate::pipeline::stage::{Context, Kind, Stage, build_from};
+
+pub const KIND: Kind = Kind {
+    name: "split",
+    summary: "per-identity seeded train/test split; names the protected users",
+    inputs: &["images"],
+    outputs: &["splits"],
+    build: build_from::<Split>,
+};
+
+/// Configuration of the `split` stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    /// Fraction of each identity's pictures used for training.
+    #[serde(default = "default_fraction")]
+    pub train_fraction: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// Protected users, by identity name.
+    #[serde(default)]
+    pub protected: Vec<String>,
+    /// When `protected` is empty: how many users to protect, drawn with the seed.
+    #[serde(default)]
+    pub protected_count: usize,
+}
+
+fn default_fraction() -> f64 {
+    0.7
+}
+
+/// One picture's assignment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub image_id: String,
+    pub identity: String,
+    pub train: bool,
+    pub protected: bool,
+}
+
+impl Stage for Split {
+    fn run(&self, ctx: &mut Context) -> Result<()> {
+        let mut by_identity: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for batch in ctx.read("images")? {
+            let ids = column::<StringArray>(&batch, "image_id")?;
+            let who = column::<StringArray>(&batch, "identity")?;
+            let status = column::<StringArray>(&batch, "status")?;
+            for i in 0..batch.num_rows() {
+                if status.value(i) == "ok" {
+                    by_identity.entry(who.value(i).to_owned()).or_default().push(ids.value(i).to_owned());
+                }
+            }
+        }
+        let rows = self.assign(by_identity)?;
+        let n_train = rows.iter().filter(|r| r.train).count();
+        let protected: Vec<_> = {
+            let mut p: Vec<_> = rows.iter().filter(|r| r.protected).map(|r| r.identity.as_str()).collect();
+            p.dedup();
+            p
+        };
+        ctx.report.push(format!("split: {n_train} train / {} test pictures; protected users: {protected:?}", rows.len() - n_train));
+        let columns: Vec<Arc<dyn Array>> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.image_id))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.identity))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| if r.train { "train" } else { "test" }))),
+            Arc::new(BooleanArray::from(rows.iter().map(|r| r.protected).collect::<Vec<_>>())),
+        ];
+        let batch = table::batch("splits", None, columns)?;
+        ctx.write("splits", batch.schema(), &[batch])?;
+        Ok(())
+    }
+}
+
+impl Split {
+    /// Splits every identity's pictures; `by_identity` maps a name to its image ids.
+    pub fn assign(&self, by_identity: BTreeMap<String, Vec<String>>) -> Result<Vec<Assignment>> {
+        if !(0.0..=1.0).contains(&self.train_fraction) {
+            bail!("train_fraction must be within 0..1, got {}", self.train_fraction);
+        }
+        let protected = self.protected_users(&by_identity)?;
+        let mut rows = Vec::new();
+        for (identity, mut ids) in by_identity {
+            ids.sort();
+            Rng::new(self.seed ^ name_seed(&identity)).shuffle(&mut ids);
+            let n = ids.len();
+            let mut n_train = (n as f64 * self.train_fraction).round() as usize;
+            if n >= 2 {
+                n_train = n_train.clamp(1, n - 1); // everyone keeps a picture on each side
+            }
+            let is_protected = protected.contains(&identity);
+            rows.extend(ids.into_iter().enumerate().map(|(i, image_id)| Assignment {
+                image_id,
+                identity: identity.clone(),
+                train: i < n_train,
+                protected: is_protected,
+            }));
+        }
+        Ok(rows)
+    }
+
+    fn protected_users(&self, by_identity: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>> {
+        if let Some(missing) = self.protected.iter().find(|p| !by_identity.contains_key(*p)) {
+            bail!("protected user {missing:?} has no decodable pictures in the dataset");
+        }
+        if !self.protected.is_empty() {
+            return Ok(self.protected.clone());
+        }
+        if self.protected_count > by_identity.len() {
+            bail!("protected_count {} exceeds the {} identities", self.protected_count, by_identity.len());
+        }
+        let mut names: Vec<String> = by_identity.keys().cloned().collect();
+        Rng::new(self.seed).shuffle(&mut names);
+        names.truncate(self.protected_count);
+        Ok(names)
+    }
+}
+
+fn name_seed(name: &str) -> u64 {
+    u64::from_le_bytes(Sha256::digest(name.as_bytes())[..8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(sizes: &[usize]) -> BTreeMap<String, Vec<String>> {
+        sizes.iter().enumerate().map(|(p, &n)| (format!("p{p}"), (0..n).map(|i| format!("p{p}-{i}")).collect())).collect()
+    }
+
+    fn split(seed: u64) -> Split {
+        Split { train_fraction: 0.7, seed, protected: vec![], protected_count: 1 }
+    }
+
+    #[test]
+    fn train_and_test_are_disjoint_and_cover_everything() {
+        let rows = split(1).assign(data(&[10, 7, 2, 1])).unwrap();
+        assert_eq!(rows.len(), 20);
+        let mut ids: Vec<_> = rows.iter().map(|r| &r.image_id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 20, "an image appears twice");
+        let train = |p: &str| rows.iter().filter(|r| r.identity == p && r.train).count();
+        assert_eq!((train("p0"), train("p1"), train("p2"), train("p3")), (7, 5, 1, 1));
+    }
+
+    #[test]
+    fn the_seed_decides_and_other_identities_do_not() {
+        let a = split(3).assign(data(&[10])).unwrap();
+        let b = split(3).assign(data(&[10, 9])).unwrap();
+        assert_eq!(a, b[..10].iter().map(|r| Assignment { protected: a[0].protected, ..r.clone() }).collect::<Vec<_>>());
+        assert_ne!(a, split(4).assign(data(&[10])).unwrap());
+    }
+
+    #[test]
+    fn protected_users_are_named_or_drawn() {
+        let rows = split(0).assign(data(&[4, 4, 4])).unwrap();
+        let protected: std::collections::BTreeSet<_> = rows.iter().filter(|r| r.protected).map(|r| &r.identity).collect();
+        assert_eq!(protected.len(), 1);
+        let named = Split { protected: vec!["p2".into()], ..split(0) };
+        assert!(named.assign(data(&[4, 4, 4])).unwrap().iter().all(|r| r.protected == (r.identity == "p2")));
+        let missing = Split { protected: vec!["nobody".into()], ..split(0) };
+        assert!(missing.assign(data(&[4])).is_err());
+    }
+}

@@ -1,0 +1,40 @@
+//! The baseline pipeline end to end on a real fixture, and the runner's skip-what-is-done logic.
+
+use crate::{cloakbench, python_check, scratch, shared, text};
+
+#[test]
+fn baseline_runs_end_to_end_and_reruns_only_what_changed() {
+    let Some(dataset) = shared("datasets/fixture_facescrub12x10") else { return };
+    let runs = scratch("baseline");
+    let (dataset, root) = (dataset.to_str().unwrap(), runs.to_str().unwrap());
+    let set_dataset = format!("ingest.dataset={dataset}");
+    let args = ["run", "pipelines/baseline.toml", "--set", &set_dataset, "--run-root", root];
+
+    let first = cloakbench(&args, &[]);
+    let stdout = text(&first.stdout);
+    assert!(stdout.contains("linear_probe on dlib_resnet29_150 embeddings"), "{stdout}");
+    assert!(stdout.contains("(protected)"), "no protected user shown:\n{stdout}");
+
+    let summary = python_check("check_tables.py", &[&format!("{root}/baseline"), "--expect-errors", "0"], &[]);
+    let summary: serde_json::Value = serde_json::from_str(summary.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["rows"]["images"], 120);
+    let probe = summary["accuracy"]["linear_probe/dlib_resnet29_150"].as_f64().unwrap();
+    let nn = summary["accuracy"]["nearest_neighbour/dlib_resnet29_150"].as_f64().unwrap();
+    eprintln!("fixture_facescrub12x10 clean accuracy: linear probe {probe:.3}, 1-NN {nn:.3}");
+    assert!(probe >= 0.9, "linear probe accuracy {probe} < 0.9");
+
+    // Nothing changed: every stage is skipped.
+    let again = text(&cloakbench(&args, &[]).stderr);
+    assert_eq!(again.matches("up to date, skipped").count(), 5, "{again}");
+
+    // A new split seed reruns split and what depends on it, not ingest or embed.
+    let reseeded = [&args[..], &["--set", "split.seed=1"]].concat();
+    let log = text(&cloakbench(&reseeded, &[]).stderr);
+    for stage in ["ingest", "embed"] {
+        assert!(log.contains(&format!("{stage}: up to date")), "{stage} was redone:\n{log}");
+    }
+    for stage in ["split", "classify", "evaluate"] {
+        assert!(log.contains(&format!("{stage}: running")), "{stage} was not rerun:\n{log}");
+    }
+    std::fs::remove_dir_all(runs).ok();
+}

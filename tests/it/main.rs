@@ -1,0 +1,90 @@
+//! Integration tests, all against real parts: the real binary, real pretrained weights, real
+//! Parquet read back by Python Polars and Pandas, and a real S3 API server on 127.0.0.1.
+//!
+//! They read photos from `../shared/datasets` (never copied into the repository) and skip with
+//! a message naming the missing folder when it is absent.
+
+mod bad_inputs;
+mod baseline;
+mod golden;
+mod s3;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/<rel>`, or None (with a SKIPPED message) when it is absent.
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let path = repo().join("..").join("shared").join(rel);
+    if path.exists() {
+        Some(path.canonicalize().unwrap())
+    } else {
+        eprintln!("SKIPPED: {} not found (tests read datasets and golden files from ../shared)", path.display());
+        None
+    }
+}
+
+/// The Python of the project's venv (made by `make setup`).
+pub fn python() -> PathBuf {
+    let py = repo().join(".venv/bin/python");
+    assert!(py.exists(), "{} missing: run `make setup` (make test does)", py.display());
+    py
+}
+
+/// A fresh scratch folder for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cloakbench-it-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs the cloakbench binary; panics with its output when it fails.
+pub fn cloakbench(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_cloakbench"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(repo())
+        .output()
+        .expect("run cloakbench");
+    if !out.status.success() {
+        panic!("cloakbench {args:?} failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+    }
+    out
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs a script of tests/python with the venv's Python; panics with its output on failure.
+pub fn python_check(script: &str, args: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = Command::new(python())
+        .arg(repo().join("tests/python").join(script))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run python");
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{script} {args:?} failed:\n{all}");
+    all
+}
+
+/// Copies a dataset folder (two levels: identity/file).
+pub fn copy_dataset(from: &Path, to: &Path) {
+    for identity in std::fs::read_dir(from).unwrap() {
+        let identity = identity.unwrap().path();
+        if !identity.is_dir() {
+            continue;
+        }
+        let dest = to.join(identity.file_name().unwrap());
+        std::fs::create_dir_all(&dest).unwrap();
+        for file in std::fs::read_dir(&identity).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, dest.join(file.file_name().unwrap())).unwrap();
+        }
+    }
+}

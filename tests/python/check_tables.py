@@ -1,0 +1,90 @@
+"""Reads a run's tables back with Polars and Pandas and checks them against schemas/*.toml.
+
+Usage: check_tables.py RUN_DIR [--expect-errors N]
+
+Checks, for every table present: the exact column names and order, each column's type, no
+nulls in non-nullable columns, and that Pandas (pyarrow engine) sees the same rows. Then checks
+the invariants that tie the tables together (ids unique, the split disjoint, one embedding per
+decodable picture). Prints a JSON summary on stdout: row counts, overall accuracy per
+(classifier, model), and the error reason of every refused file.
+"""
+import json
+import math
+import pathlib
+import sys
+import tomllib
+
+import pandas as pd
+import polars as pl
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+POLARS_TYPES = {
+    "utf8": pl.String, "bool": pl.Boolean, "uint8": pl.UInt8, "int32": pl.Int32, "uint32": pl.UInt32,
+    "int64": pl.Int64, "uint64": pl.UInt64, "float32": pl.Float32, "float64": pl.Float64,
+}
+
+
+def check_schema(name, df, schema):
+    names = [c["name"] for c in schema["columns"]]
+    assert df.columns == names, f"{name}: columns {df.columns} != documented {names}"
+    for col in schema["columns"]:
+        dtype = df.schema[col["name"]]
+        if col["type"] == "fixed_size_list<float32>":
+            assert isinstance(dtype, pl.Array) and dtype.inner == pl.Float32, f"{name}.{col['name']}: {dtype}"
+        else:
+            assert dtype == POLARS_TYPES[col["type"]], f"{name}.{col['name']}: {dtype} != {col['type']}"
+        if not col["nullable"]:
+            assert df[col["name"]].null_count() == 0, f"{name}.{col['name']}: nulls in a non-null column"
+
+
+def main():
+    run = pathlib.Path(sys.argv[1])
+    expect_errors = int(sys.argv[sys.argv.index("--expect-errors") + 1]) if "--expect-errors" in sys.argv else None
+    tables = {}
+    for path in sorted((REPO / "schemas").glob("*.toml")):
+        schema = tomllib.loads(path.read_text())
+        file = run / f"{schema['table']}.parquet"
+        if not file.exists():
+            continue
+        df = pl.read_parquet(file)
+        check_schema(schema["table"], df, schema)
+        pdf = pd.read_parquet(file)
+        assert list(pdf.columns) == df.columns and len(pdf) == len(df), f"{file}: pandas disagrees"
+        tables[schema["table"]] = df
+    assert set(tables) >= {"images", "splits", "embeddings", "predictions", "metrics"}, f"tables found: {set(tables)}"
+
+    images, splits, emb = tables["images"], tables["splits"], tables["embeddings"]
+    assert images["image_id"].n_unique() == len(images), "duplicate image ids"
+    assert set(images["status"]) <= {"ok", "error"}
+    ok = images.filter(pl.col("status") == "ok")
+    bad = images.filter(pl.col("status") == "error")
+    assert ok["error"].null_count() == len(ok) and bad["error"].null_count() == 0, "error column disagrees with status"
+    if expect_errors is not None:
+        assert len(bad) == expect_errors, f"{len(bad)} error rows, expected {expect_errors}: {bad.select('rel_path', 'error').rows()}"
+
+    assert splits["image_id"].n_unique() == len(splits), "a picture is in the split twice"
+    assert set(splits["image_id"]) == set(ok["image_id"]), "split does not cover exactly the decodable pictures"
+    per_identity = splits.group_by("identity").agg(pl.col("split").n_unique().alias("sides"))
+    assert per_identity["sides"].min() == 2, "an identity lacks a train or a test picture"
+
+    for model, group in emb.group_by("model"):
+        assert set(group["image_id"]) == set(ok["image_id"]), f"{model}: embeddings do not cover the decodable pictures"
+        values = group["embedding"].to_numpy()
+        assert all(math.isfinite(v) for v in values.ravel()), f"{model}: non-finite embedding values"
+
+    test_ids = set(splits.filter(pl.col("split") == "test")["image_id"])
+    assert set(tables["predictions"]["image_id"]) == test_ids, "predictions are not exactly the test pictures"
+
+    metrics = tables["metrics"]
+    overall = metrics.filter(pl.col("identity").is_null())
+    assert ((metrics["accuracy"] >= 0) & (metrics["accuracy"] <= 1)).all()
+    print(json.dumps({
+        "rows": {k: len(v) for k, v in tables.items()},
+        "accuracy": {f"{r['classifier']}/{r['model']}": r["accuracy"] for r in overall.iter_rows(named=True)},
+        "errors": dict(bad.select("rel_path", "error").rows()),
+        "uris": images["uri"].head(3).to_list(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
