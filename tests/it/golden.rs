@@ -1,30 +1,40 @@
-//! Golden tests: our Rust networks against embeddings computed by each model's original
-//! runtime (`../shared/golden/<model>/`).
+//! Golden tests: every Rust network against embeddings computed by the model's original
+//! runtime (`../shared/golden/<model>/`), plus the properties the cloaks rely on: batching does
+//! not change outputs, and gradients reach the input.
+//!
+//! Add a model with one line: `model_tests!(module_name, "model_id");`.
 
 use cloakbench::io::image::{DecodeLimits, decode, to_chw_f32};
-use cloakbench::models;
+use cloakbench::models::{self, FaceModel};
 use tch::{Device, Tensor};
 
 use crate::shared;
 
-/// Embeds every golden input and returns (max abs diff / max |golden|, min cosine).
-fn compare_with_golden(model_id: &str) -> Option<(f64, f64)> {
+/// The golden inputs of `model_id` as one [12, 3, H, W] tensor (0..255 RGB), with the golden
+/// outputs under `key` of embeddings.json, in the same order.
+pub fn golden_batch(model_id: &str, key: &str) -> Option<(Tensor, Vec<Vec<f64>>)> {
     let dir = shared(&format!("golden/{model_id}"))?;
     let golden: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("embeddings.json")).unwrap()).unwrap();
-    let model = models::load(model_id, Device::Cpu).unwrap();
-    let (mut max_diff, mut max_ref, mut min_cos) = (0f64, 0f64, 1f64);
-    let entries = golden["embeddings"].as_object().unwrap();
-    assert_eq!(entries.len(), 12);
+    let entries = golden[key].as_object().unwrap_or_else(|| panic!("{model_id}: no {key} in embeddings.json"));
+    let (mut pixels, mut outputs, mut size) = (Vec::new(), Vec::new(), (0, 0));
     for (file, expected) in entries {
-        let bytes = std::fs::read(dir.join("inputs").join(file)).unwrap();
-        let rgb = decode(&bytes, &DecodeLimits::default()).unwrap().rgb;
-        let [h, w] = model.card().input_size;
-        let x = Tensor::from_slice(&to_chw_f32(&rgb)).view([1, 3, h, w]);
-        let got: Vec<f32> = Vec::try_from(tch::no_grad(|| model.embed(&x)).flatten(0, -1)).unwrap();
-        let want: Vec<f64> = expected.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        assert_eq!(got.len(), want.len());
+        let rgb = decode(&std::fs::read(dir.join("inputs").join(file)).unwrap(), &DecodeLimits::default()).unwrap().rgb;
+        size = (rgb.height() as i64, rgb.width() as i64);
+        pixels.extend(to_chw_f32(&rgb));
+        outputs.push(expected.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect());
+    }
+    let n = outputs.len() as i64;
+    Some((Tensor::from_slice(&pixels).view([n, 3, size.0, size.1]), outputs))
+}
+
+/// (max abs diff / max |golden|, min cosine) of `model` on the golden inputs, one picture at a time.
+pub fn compare(model: &dyn FaceModel, inputs: &Tensor, golden: &[Vec<f64>]) -> (f64, f64) {
+    let (mut max_diff, mut max_ref, mut min_cos) = (0f64, 0f64, 1f64);
+    for (i, want) in golden.iter().enumerate() {
+        let got: Vec<f32> = Vec::try_from(tch::no_grad(|| model.embed(&inputs.narrow(0, i as i64, 1))).flatten(0, -1)).unwrap();
+        assert_eq!(got.len(), want.len(), "output dimension");
         let (mut dot, mut ng, mut nw) = (0f64, 0f64, 0f64);
-        for (g, w) in got.iter().map(|&g| g as f64).zip(&want) {
+        for (g, w) in got.iter().map(|&g| g as f64).zip(want) {
             max_diff = max_diff.max((g - w).abs());
             max_ref = max_ref.max(w.abs());
             dot += g * w;
@@ -33,36 +43,66 @@ fn compare_with_golden(model_id: &str) -> Option<(f64, f64)> {
         }
         min_cos = min_cos.min(dot / (ng.sqrt() * nw.sqrt()));
     }
-    Some((max_diff / max_ref, min_cos))
+    (max_diff / max_ref, min_cos)
 }
 
-#[test]
-fn dlib_resnet29_matches_dlib() {
-    let Some((rel, cos)) = compare_with_golden("dlib_resnet29_150") else { return };
-    eprintln!("dlib_resnet29_150: max abs diff / max |value| = {rel:.3e}, min cosine = {cos:.8}");
-    assert!(rel <= 1e-4, "max abs diff ratio {rel:e} > 1e-4");
-    assert!(cos >= 0.99999, "min cosine {cos}");
+pub fn assert_matches_golden(model_id: &str, key: &str, model: &dyn FaceModel) {
+    let Some((inputs, golden)) = golden_batch(model_id, key) else { return };
+    assert_eq!(golden.len(), 12, "12 golden inputs");
+    let (rel, cos) = compare(model, &inputs, &golden);
+    eprintln!("{model_id} ({key}): max abs diff / max |value| = {rel:.3e}, min cosine = {cos:.8}");
+    assert!(rel <= 1e-4, "{model_id}: max abs diff ratio {rel:e} > 1e-4");
+    assert!(cos >= 0.99999, "{model_id}: min cosine {cos}");
 }
 
-#[test]
-fn batch_of_one_equals_batch_of_many() {
-    let model = models::load("dlib_resnet29_150", Device::Cpu).unwrap();
-    tch::manual_seed(0);
-    let x = Tensor::rand([5, 3, 150, 150], (tch::Kind::Float, Device::Cpu)) * 255.0;
-    let all = tch::no_grad(|| model.embed(&x));
-    for i in 0..5 {
-        let one = tch::no_grad(|| model.embed(&x.narrow(0, i, 1)));
+/// Batch of 12 equals 12 batches of 1.
+pub fn assert_batch_invariant(model_id: &str, model: &dyn FaceModel) {
+    let Some((inputs, _)) = golden_batch(model_id, "embeddings") else { return };
+    let all = tch::no_grad(|| model.embed(&inputs));
+    for i in 0..inputs.size()[0] {
+        let one = tch::no_grad(|| model.embed(&inputs.narrow(0, i, 1)));
+        let scale = one.abs().max().double_value(&[]);
         let diff = (one - all.narrow(0, i, 1)).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "picture {i}: batch 1 vs batch 5 differ by {diff}");
+        assert!(diff <= 1e-5 * scale.max(1.0), "{model_id} picture {i}: batch 1 vs batch 12 differ by {diff}");
     }
 }
 
-#[test]
-fn gradients_reach_the_input() {
-    let model = models::load("dlib_resnet29_150", Device::Cpu).unwrap();
-    let x = (Tensor::rand([2, 3, 150, 150], (tch::Kind::Float, Device::Cpu)) * 255.0).set_requires_grad(true);
+/// d(embedding)/d(pixels) exists, is finite and is not all zero.
+pub fn assert_gradients_reach_input(model: &dyn FaceModel) {
+    let [h, w] = model.card().input_size;
+    tch::manual_seed(0);
+    let x = (Tensor::rand([2, 3, h, w], (tch::Kind::Float, Device::Cpu)) * 255.0).set_requires_grad(true);
     model.embed(&x).square().sum(tch::Kind::Float).backward();
     let g = x.grad();
-    assert!(g.isfinite().all().int64_value(&[]) == 1, "non-finite gradient");
-    assert!(g.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0, "zero gradient");
+    assert_eq!(g.isfinite().all().int64_value(&[]), 1, "{}: non-finite gradient", model.card().id);
+    assert!(g.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0, "{}: zero gradient", model.card().id);
 }
+
+macro_rules! model_tests {
+    ($name:ident, $id:literal) => {
+        mod $name {
+            use super::*;
+
+            fn model() -> Box<dyn FaceModel> {
+                models::load($id, Device::Cpu).unwrap()
+            }
+
+            #[test]
+            fn matches_golden() {
+                assert_matches_golden($id, "embeddings", model().as_ref());
+            }
+
+            #[test]
+            fn batch_of_one_equals_batch_of_twelve() {
+                assert_batch_invariant($id, model().as_ref());
+            }
+
+            #[test]
+            fn gradients_reach_the_input() {
+                assert_gradients_reach_input(model().as_ref());
+            }
+        }
+    };
+}
+
+model_tests!(dlib_resnet29_150, "dlib_resnet29_150");
