@@ -30,6 +30,7 @@ pub const KIND: Kind = Kind {
     name: "embed",
     summary: "embed every decodable picture with a face model (batched; CUDA when available)",
     inputs: &["images"],
+    optional_inputs: &[],
     outputs: &["embeddings"],
     build: build_from::<Embed>,
 };

@@ -18,6 +18,7 @@ pub const KIND: Kind = Kind {
     name: "evaluate",
     summary: "accuracy per identity and overall; protection rate for protected users",
     inputs: &["predictions", "splits"],
+    optional_inputs: &[],
     outputs: &["metrics"],
     build: build_from::<Evaluate>,
 };

@@ -26,6 +26,7 @@ pub const KIND: Kind = Kind {
     name: "ingest",
     summary: "list a dataset (folder-per-identity or manifest, local or S3) and decode every picture",
     inputs: &[],
+    optional_inputs: &[],
     outputs: &["images"],
     build: build_from::<Ingest>,
 };

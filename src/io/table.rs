@@ -39,8 +39,9 @@ pub struct TableSchema {
 #[serde(deny_unknown_fields)]
 pub struct Column {
     pub name: String,
-    /// `utf8`, `bool`, `uint8`, `int32`, `uint32`, `int64`, `uint64`, `float32`, `float64`, or
-    /// `fixed_size_list<float32>` (its length, e.g. an embedding's dimension, is set per file).
+    /// `utf8`, `bool`, `uint8`, `int32`, `uint32`, `int64`, `uint64`, `float32`, `float64`,
+    /// `fixed_size_list<float32, N>` (N values per row), or `fixed_size_list<float32>` whose
+    /// length is set per file (an embedding's dimension).
     #[serde(rename = "type")]
     pub type_name: String,
     pub nullable: bool,
@@ -53,6 +54,7 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
     ("embeddings", include_str!("../../schemas/embeddings.toml")),
     ("predictions", include_str!("../../schemas/predictions.toml")),
     ("metrics", include_str!("../../schemas/metrics.toml")),
+    ("faces", include_str!("../../schemas/faces.toml")),
 ];
 
 /// The documented schema called `name` (the `table` key of its TOML file).
@@ -97,7 +99,7 @@ impl TableSchema {
         }
         for (field, column) in schema.fields().iter().zip(&self.columns) {
             let list_len = match field.data_type() {
-                DataType::FixedSizeList(_, n) => Some(*n),
+                DataType::FixedSizeList(_, n) if column.type_name == "fixed_size_list<float32>" => Some(*n),
                 _ => None,
             };
             let want = arrow_type(&column.type_name, list_len);
@@ -123,12 +125,16 @@ fn arrow_type(name: &str, list_len: Option<i32>) -> DataType {
         "uint64" => DataType::UInt64,
         "float32" => DataType::Float32,
         "float64" => DataType::Float64,
-        "fixed_size_list<float32>" => DataType::FixedSizeList(
-            Arc::new(Field::new_list_field(DataType::Float32, false)),
-            list_len.expect("a fixed_size_list column needs its length"),
-        ),
-        other => panic!("schemas/: unknown column type {other}"),
+        "fixed_size_list<float32>" => float_list(list_len.expect("a fixed_size_list column needs its length")),
+        other => match other.strip_prefix("fixed_size_list<float32, ").and_then(|n| n.strip_suffix('>')) {
+            Some(n) => float_list(n.parse().unwrap_or_else(|_| panic!("schemas/: bad list length in {other}"))),
+            None => panic!("schemas/: unknown column type {other}"),
+        },
     }
+}
+
+fn float_list(len: i32) -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, false)), len)
 }
 
 /// A batch of the documented table `name`, checked against its schema.

@@ -119,23 +119,27 @@ fn stage_spec(name: &str, value: toml::Value) -> Result<StageSpec> {
         _ => bail!("needs kind = one of {}", stage::kind_names()),
     };
     let kind = stage::kind(&kind_name)?;
-    let inputs = wiring(table.remove("inputs"), kind.inputs, "inputs")?;
-    let outputs = wiring(table.remove("outputs"), kind.outputs, "outputs")?;
+    let inputs = wiring(table.remove("inputs"), kind.inputs, kind.optional_inputs, "inputs")?;
+    let outputs = wiring(table.remove("outputs"), kind.outputs, &[], "outputs")?;
     // Build once now so that config errors (unknown keys, wrong types) surface before any work.
     (kind.build)(table.clone())?;
     Ok(StageSpec { name: name.to_owned(), kind, inputs, outputs, config: table })
 }
 
-/// Maps each slot of a component to a table name: the slot's own name unless the file says otherwise.
-fn wiring(value: Option<toml::Value>, slots: &[&str], what: &str) -> Result<BTreeMap<String, String>> {
-    let given: BTreeMap<String, String> = match value {
+/// Maps each slot of a component to a table name: the slot's own name unless the file says
+/// otherwise. Optional slots are wired only when the file names them.
+fn wiring(value: Option<toml::Value>, slots: &[&str], optional: &[&str], what: &str) -> Result<BTreeMap<String, String>> {
+    let mut given: BTreeMap<String, String> = match value {
         None => BTreeMap::new(),
         Some(v) => v.try_into().with_context(|| format!("{what} must map slot names to table names"))?,
     };
-    if let Some(unknown) = given.keys().find(|k| !slots.contains(&k.as_str())) {
-        bail!("{what}: unknown slot {unknown:?} (this kind has {slots:?})");
+    if let Some(unknown) = given.keys().find(|k| !slots.contains(&k.as_str()) && !optional.contains(&k.as_str())) {
+        bail!("{what}: unknown slot {unknown:?} (this kind has {slots:?}, optional {optional:?})");
     }
-    Ok(slots.iter().map(|s| (s.to_string(), given.get(*s).cloned().unwrap_or_else(|| s.to_string()))).collect())
+    for slot in slots {
+        given.entry(slot.to_string()).or_insert_with(|| slot.to_string());
+    }
+    Ok(given)
 }
 
 /// Orders stages so every table is produced before it is read; file order breaks ties.

@@ -27,6 +27,8 @@ pub struct Kind {
     pub name: &'static str,
     pub summary: &'static str,
     pub inputs: &'static [&'static str],
+    /// Input slots read only when the pipeline file wires them (`inputs = { slot = "table" }`).
+    pub optional_inputs: &'static [&'static str],
     pub outputs: &'static [&'static str],
     pub build: fn(toml::Table) -> Result<Box<dyn Stage>>,
 }
@@ -83,6 +85,11 @@ impl Context<'_> {
     /// Reads the whole table wired to input `slot`.
     pub fn read(&self, slot: &str) -> Result<Vec<RecordBatch>> {
         table::read(self.run_dir, self.table_for(self.inputs, slot))
+    }
+
+    /// Whether input `slot` is wired (always true for required slots).
+    pub fn has_input(&self, slot: &str) -> bool {
+        self.inputs.contains_key(slot)
     }
 
     /// Writes the whole table for output `slot`.

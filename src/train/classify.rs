@@ -22,6 +22,7 @@ pub const KIND: Kind = Kind {
     name: "classify",
     summary: "fit 1-NN and a linear probe on training embeddings; predict the test split",
     inputs: &["splits", "embeddings"],
+    optional_inputs: &[],
     outputs: &["predictions"],
     build: build_from::<Classify>,
 };

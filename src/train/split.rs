@@ -20,6 +20,7 @@ pub const KIND: Kind = Kind {
     name: "split",
     summary: "per-identity seeded train/test split; names the protected users",
     inputs: &["images"],
+    optional_inputs: &[],
     outputs: &["splits"],
     build: build_from::<Split>,
 };

@@ -29,8 +29,10 @@ def check_schema(name, df, schema):
     assert df.columns == names, f"{name}: columns {df.columns} != documented {names}"
     for col in schema["columns"]:
         dtype = df.schema[col["name"]]
-        if col["type"] == "fixed_size_list<float32>":
+        if col["type"].startswith("fixed_size_list<float32"):
             assert isinstance(dtype, pl.Array) and dtype.inner == pl.Float32, f"{name}.{col['name']}: {dtype}"
+            if col["type"] != "fixed_size_list<float32>":
+                assert dtype.size == int(col["type"].split(",")[1].strip(" >")), f"{name}.{col['name']}: {dtype}"
         else:
             assert dtype == POLARS_TYPES[col["type"]], f"{name}.{col['name']}: {dtype} != {col['type']}"
         if not col["nullable"]:
