@@ -17,6 +17,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod detect;
 pub mod embed;
 pub mod evaluate;
 pub mod io;

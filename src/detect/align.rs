@@ -1,0 +1,227 @@
+//! Alignment: the crop each face model was trained on, made from a detected face as a
+//! differentiable warp of the full picture.
+//!
+//! Every alignment is an affine map from output pixels to input pixels, applied with
+//! `affine_grid` + bilinear `grid_sample`. Because it is a tensor op, a cloak can be optimised
+//! on the full-resolution picture *through* the alignment (LowKey's trick), and the same code
+//! crops faces for embedding. Pixel coordinates put pixel centres at integers (as OpenCV, dlib
+//! and MTCNN's landmarks do).
+//!
+//! | name           | used by                         | how                                                         |
+//! |----------------|---------------------------------|-------------------------------------------------------------|
+//! | `arcface`      | MobileFaceNets (112x112)        | similarity transform of the 5 landmarks onto ArcFace's template |
+//! | `dlib_chip`    | dlib ResNet (150x150)           | similarity onto dlib's mean face, padding 0.25 (get_face_chip_details) |
+//! | `facenet_crop` | FaceNet (160x160)               | MTCNN box plus a 32 px margin, clipped to the picture, resized (not rotated) |
+//! | `loose_box`    | HSE MobileNet (224x224)         | MTCNN box plus 10 px on each side, resized (not rotated)      |
+//!
+//! Downscaling a large photo with a bilinear sampler aliases, so when the warp shrinks by 2x or
+//! more the picture is first average-pooled by the integer factor (also differentiable).
+
+use anyhow::{Result, bail};
+use tch::{Kind, Tensor};
+
+/// An affine map `[a b c; d e f]`: (x, y) -> (a x + b y + c, d x + e y + f).
+pub type Affine = [[f64; 3]; 2];
+
+/// ArcFace's 5-point template for 112x112 crops (insightface `arcface_dst`).
+pub const ARCFACE_112: [[f64; 2]; 5] =
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
+
+/// dlib's mean face at the 5 MTCNN points (eye centres, nose, mouth corners), in the unit
+/// square of `get_face_chip_details` (derived from dlib's 68-point mean face shape).
+pub const DLIB_MEAN_FACE: [[f64; 2]; 5] =
+    [[0.224152, 0.2119465], [0.75610125, 0.2119465], [0.490127, 0.628106], [0.254149, 0.780233], [0.726104, 0.780233]];
+
+/// A detected face: box [x1, y1, x2, y2] and 5 landmarks, in pixels of the picture.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaceGeometry {
+    pub bbox: [f64; 4],
+    pub landmarks: [[f64; 2]; 5],
+}
+
+/// How a model wants its face cropped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Alignment {
+    Arcface { size: i64 },
+    DlibChip { size: i64, padding: f64 },
+    /// The box grown by `margin` pixels on each side, clipped to the picture, resized.
+    BoxCrop { height: i64, width: i64, margin: f64 },
+}
+
+impl Alignment {
+    /// The alignment a model card names, at the card's input size ([height, width]).
+    pub fn from_card(name: &str, input_size: [i64; 2]) -> Result<Alignment> {
+        let [height, width] = input_size;
+        Ok(match name {
+            "arcface" => Alignment::Arcface { size: height },
+            "dlib_chip" => Alignment::DlibChip { size: height, padding: 0.25 },
+            "facenet_crop" => Alignment::BoxCrop { height, width, margin: 16.0 },
+            "loose_box" => Alignment::BoxCrop { height, width, margin: 10.0 },
+            other => bail!("unknown alignment {other:?} (arcface, dlib_chip, facenet_crop, loose_box)"),
+        })
+    }
+
+    pub fn output_size(&self) -> [i64; 2] {
+        match *self {
+            Alignment::Arcface { size } | Alignment::DlibChip { size, .. } => [size, size],
+            Alignment::BoxCrop { height, width, .. } => [height, width],
+        }
+    }
+
+    /// The map from output pixels to picture pixels for `face` in a `picture_size` ([h, w]) picture.
+    pub fn output_to_input(&self, face: &FaceGeometry, picture_size: [i64; 2]) -> Affine {
+        match *self {
+            Alignment::Arcface { size } => {
+                let scale = size as f64 / 112.0;
+                let template = ARCFACE_112.map(|[x, y]| [x * scale, y * scale]);
+                similarity(&template, &face.landmarks)
+            }
+            Alignment::DlibChip { size, padding } => {
+                let s = size as f64;
+                let template = DLIB_MEAN_FACE.map(|[x, y]| [(padding + x) / (2.0 * padding + 1.0) * s, (padding + y) / (2.0 * padding + 1.0) * s]);
+                similarity(&template, &face.landmarks)
+            }
+            Alignment::BoxCrop { height, width, margin } => {
+                let [x1, y1, x2, y2] = face.bbox;
+                let (ph, pw) = (picture_size[0] as f64, picture_size[1] as f64);
+                let (x1, y1) = ((x1 - margin).max(0.0), (y1 - margin).max(0.0));
+                let (x2, y2) = ((x2 + margin).min(pw), (y2 + margin).min(ph));
+                // Resizing [x1, x2) onto `width` pixels with half-pixel centres.
+                let (sx, sy) = ((x2 - x1) / width as f64, (y2 - y1) / height as f64);
+                [[sx, 0.0, x1 + 0.5 * sx - 0.5], [0.0, sy, y1 + 0.5 * sy - 0.5]]
+            }
+        }
+    }
+
+    /// Crops `face` from `picture` ([N, C, H, W], any float values), differentiably.
+    pub fn crop(&self, picture: &Tensor, face: &FaceGeometry) -> Tensor {
+        let size = picture.size();
+        let m = self.output_to_input(face, [size[2], size[3]]);
+        warp(picture, m, self.output_size())
+    }
+}
+
+/// Least-squares similarity transform (rotation, uniform scale, translation) taking `from`
+/// points onto `to` points: Umeyama's estimate, which in 2-D has this closed form.
+pub fn similarity(from: &[[f64; 2]], to: &[[f64; 2]]) -> Affine {
+    let n = from.len() as f64;
+    let mean = |p: &[[f64; 2]]| p.iter().fold([0.0, 0.0], |a, q| [a[0] + q[0] / n, a[1] + q[1] / n]);
+    let (mf, mt) = (mean(from), mean(to));
+    let (mut dot, mut cross, mut norm) = (0.0, 0.0, 0.0);
+    for (p, q) in from.iter().zip(to) {
+        let (px, py, qx, qy) = (p[0] - mf[0], p[1] - mf[1], q[0] - mt[0], q[1] - mt[1]);
+        dot += px * qx + py * qy;
+        cross += px * qy - py * qx;
+        norm += px * px + py * py;
+    }
+    let (a, b) = (dot / norm, cross / norm);
+    [[a, -b, mt[0] - a * mf[0] + b * mf[1]], [b, a, mt[1] - b * mf[0] - a * mf[1]]]
+}
+
+/// Applies `m` (output pixel -> input pixel) to sample an `out` ([h, w]) image from `picture`
+/// ([N, C, H, W]). Bilinear; outside the picture is zero.
+pub fn warp(picture: &Tensor, m: Affine, out: [i64; 2]) -> Tensor {
+    let size = picture.size();
+    let shrink = (m[0][0] * m[1][1] - m[0][1] * m[1][0]).abs().sqrt();
+    let factor = shrink.floor() as i64;
+    let (picture, m) = if factor >= 2 {
+        let pooled = picture.avg_pool2d([factor, factor], [factor, factor], [0, 0], false, true, None);
+        // A pixel centre x of the picture lies at (x + 0.5) / k - 0.5 in the pooled one.
+        let k = factor as f64;
+        let rescale = |row: [f64; 3]| [row[0] / k, row[1] / k, (row[2] + 0.5) / k - 0.5];
+        (pooled, [rescale(m[0]), rescale(m[1])])
+    } else {
+        (picture.shallow_clone(), m)
+    };
+    let (h_in, w_in) = (picture.size()[2] as f64, picture.size()[3] as f64);
+    let (h_out, w_out) = (out[0] as f64, out[1] as f64);
+    // theta maps output coordinates in [-1, 1] (align_corners = false) to input ones:
+    // un -> u = ((un + 1) w_out - 1) / 2 -> x = m(u) -> xn = (2 x + 1) / w_in - 1.
+    let row = |r: [f64; 3], in_len: f64| {
+        let a = r[0] * w_out / in_len;
+        let b = r[1] * h_out / in_len;
+        let c = (2.0 * (r[0] * (w_out - 1.0) / 2.0 + r[1] * (h_out - 1.0) / 2.0 + r[2]) + 1.0) / in_len - 1.0;
+        [a, b, c]
+    };
+    let (rx, ry) = (row(m[0], w_in), row(m[1], h_in));
+    let theta = Tensor::from_slice(&[rx[0], rx[1], rx[2], ry[0], ry[1], ry[2]])
+        .to_kind(Kind::Float)
+        .to_device(picture.device())
+        .view([1, 2, 3])
+        .expand([size[0], 2, 3], false);
+    let grid = Tensor::affine_grid_generator(&theta, [size[0], size[1], out[0], out[1]], false);
+    picture.grid_sampler(&grid, 0, 0, false)
+}
+
+/// Applies an affine map to a point.
+pub fn apply(m: &Affine, p: [f64; 2]) -> [f64; 2] {
+    [m[0][0] * p[0] + m[0][1] * p[1] + m[0][2], m[1][0] * p[0] + m[1][1] * p[1] + m[1][2]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
+    #[test]
+    fn similarity_recovers_a_known_transform() {
+        let truth: Affine = [[1.2, -0.5, 7.0], [0.5, 1.2, -3.0]];
+        let from = ARCFACE_112;
+        let to = from.map(|p| apply(&truth, p));
+        let est = similarity(&from, &to);
+        for r in 0..2 {
+            for c in 0..3 {
+                assert!(close(est[r][c], truth[r][c]), "{est:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn identity_warp_reproduces_the_picture() {
+        let x = Tensor::rand([1, 3, 20, 30], (Kind::Float, Device::Cpu));
+        let y = warp(&x, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [20, 30]);
+        assert!((y - &x).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn a_translation_moves_pixels_by_whole_steps() {
+        let x = Tensor::rand([1, 1, 10, 10], (Kind::Float, Device::Cpu));
+        let y = warp(&x, [[1.0, 0.0, 2.0], [0.0, 1.0, 3.0]], [5, 5]);
+        let want = x.narrow(2, 3, 5).narrow(3, 2, 5);
+        assert!((y - want).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn arcface_alignment_sends_landmarks_to_the_template() {
+        // A face whose landmarks are the template, rotated, scaled by 3 and shifted.
+        let pose: Affine = [[3.0 * 0.8, -3.0 * 0.6, 40.0], [3.0 * 0.6, 3.0 * 0.8, 10.0]];
+        let face = FaceGeometry { bbox: [0.0; 4], landmarks: ARCFACE_112.map(|p| apply(&pose, p)) };
+        let m = Alignment::Arcface { size: 112 }.output_to_input(&face, [600, 600]);
+        for (t, l) in ARCFACE_112.iter().zip(face.landmarks) {
+            let p = apply(&m, *t);
+            assert!(close(p[0], l[0]) && close(p[1], l[1]));
+        }
+    }
+
+    #[test]
+    fn box_crop_covers_the_grown_box() {
+        let face = FaceGeometry { bbox: [20.0, 30.0, 60.0, 90.0], landmarks: [[0.0; 2]; 5] };
+        let m = Alignment::BoxCrop { height: 160, width: 160, margin: 10.0 }.output_to_input(&face, [200, 200]);
+        // The outer edges of the output (-0.5 and 159.5) land on the box edges (10 and 70 in x).
+        assert!(close(apply(&m, [-0.5, -0.5])[0], 10.0 - 0.5) && close(apply(&m, [159.5, 0.0])[0], 70.0 - 0.5));
+    }
+
+    #[test]
+    fn gradients_flow_through_the_warp_and_the_pooling() {
+        let x = Tensor::rand([1, 3, 400, 400], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let face = FaceGeometry { bbox: [0.0; 4], landmarks: ARCFACE_112.map(|[a, b]| [a * 3.0, b * 3.0]) };
+        let crop = Alignment::Arcface { size: 112 }.crop(&x, &face);
+        assert_eq!(crop.size(), [1, 3, 112, 112]);
+        crop.sum(Kind::Float).backward();
+        assert!(x.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+}
