@@ -46,7 +46,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let mut table_fp: HashMap<String, String> = HashMap::new();
     for spec in &plan.stages {
         let stage = (spec.kind.build)(spec.config.clone())?;
-        let input_fps: Vec<_> = spec.inputs.values().map(|t| (t.clone(), table_fp[t].clone())).collect();
+        let input_fps: Vec<_> = spec.inputs.values().flatten().map(|t| (t.clone(), table_fp[t].clone())).collect();
         let fingerprint = fingerprint(spec.kind.name, &spec.config, &input_fps, &stage.fingerprint_extra()?);
         for table in spec.outputs.values() {
             table_fp.insert(table.clone(), fingerprint.clone());

@@ -21,8 +21,8 @@ pub struct Plan {
 pub struct StageSpec {
     pub name: String,
     pub kind: &'static Kind,
-    /// slot -> table
-    pub inputs: BTreeMap<String, String>,
+    /// slot -> the tables it reads (usually one; e.g. several models' embeddings)
+    pub inputs: BTreeMap<String, Vec<String>>,
     /// slot -> table
     pub outputs: BTreeMap<String, String>,
     pub config: toml::Table,
@@ -120,26 +120,47 @@ fn stage_spec(name: &str, value: toml::Value) -> Result<StageSpec> {
     };
     let kind = stage::kind(&kind_name)?;
     let inputs = wiring(table.remove("inputs"), kind.inputs, kind.optional_inputs, "inputs")?;
-    let outputs = wiring(table.remove("outputs"), kind.outputs, &[], "outputs")?;
+    let outputs = wiring(table.remove("outputs"), kind.outputs, &[], "outputs")?
+        .into_iter()
+        .map(|(slot, mut tables)| match tables.len() {
+            1 => Ok((slot, tables.remove(0))),
+            _ => bail!("outputs: slot {slot:?} must name exactly one table"),
+        })
+        .collect::<Result<BTreeMap<_, _>>>()?;
     // Build once now so that config errors (unknown keys, wrong types) surface before any work.
     (kind.build)(table.clone())?;
     Ok(StageSpec { name: name.to_owned(), kind, inputs, outputs, config: table })
 }
 
-/// Maps each slot of a component to a table name: the slot's own name unless the file says
+/// A slot names one table, or (inputs only) a list of tables read one after the other.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Tables {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Maps each slot of a component to table names: the slot's own name unless the file says
 /// otherwise. Optional slots are wired only when the file names them.
-fn wiring(value: Option<toml::Value>, slots: &[&str], optional: &[&str], what: &str) -> Result<BTreeMap<String, String>> {
-    let mut given: BTreeMap<String, String> = match value {
+fn wiring(value: Option<toml::Value>, slots: &[&str], optional: &[&str], what: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    let given: BTreeMap<String, Tables> = match value {
         None => BTreeMap::new(),
         Some(v) => v.try_into().with_context(|| format!("{what} must map slot names to table names"))?,
     };
     if let Some(unknown) = given.keys().find(|k| !slots.contains(&k.as_str()) && !optional.contains(&k.as_str())) {
         bail!("{what}: unknown slot {unknown:?} (this kind has {slots:?}, optional {optional:?})");
     }
-    for slot in slots {
-        given.entry(slot.to_string()).or_insert_with(|| slot.to_string());
+    let mut wired: BTreeMap<String, Vec<String>> = given
+        .into_iter()
+        .map(|(slot, t)| (slot, match t { Tables::One(t) => vec![t], Tables::Many(ts) => ts }))
+        .collect();
+    if let Some((slot, _)) = wired.iter().find(|(_, t)| t.is_empty()) {
+        bail!("{what}: slot {slot:?} names no table");
     }
-    Ok(given)
+    for slot in slots {
+        wired.entry(slot.to_string()).or_insert_with(|| vec![slot.to_string()]);
+    }
+    Ok(wired)
 }
 
 /// Orders stages so every table is produced before it is read; file order breaks ties.
@@ -153,7 +174,7 @@ fn order(specs: Vec<StageSpec>) -> Result<Vec<StageSpec>> {
         }
     }
     for s in &specs {
-        for table in s.inputs.values() {
+        for table in s.inputs.values().flatten() {
             if !producer.contains_key(table.as_str()) {
                 bail!("stage {} reads table {table:?}, which no stage writes", s.name);
             }
@@ -165,7 +186,7 @@ fn order(specs: Vec<StageSpec>) -> Result<Vec<StageSpec>> {
     while !remaining.is_empty() {
         let ready = remaining
             .iter()
-            .position(|s| s.inputs.values().all(|t| done.contains(t)))
+            .position(|s| s.inputs.values().flatten().all(|t| done.contains(t)))
             .ok_or_else(|| anyhow!("stages {:?} wait on each other (a cycle)", remaining.iter().map(|s| &s.name).collect::<Vec<_>>()))?;
         let stage = remaining.remove(ready);
         done.extend(stage.outputs.values().cloned());
@@ -218,6 +239,17 @@ mod tests {
         assert!(format!("{err:#}").contains("datset"), "{err:#}");
         let err = parse("[pipeline]\nname='t'\n[stages.s]\nkind='split'\n", &[]).unwrap_err();
         assert!(format!("{err:#}").contains("no stage writes"), "{err:#}");
+    }
+
+    #[test]
+    fn an_input_slot_can_read_several_tables() {
+        let text = format!("{TEXT}\n[stages.embed2]\nkind = 'embed'\nmodel = 'dlib_resnet29_150'\noutputs = {{ embeddings = 'more' }}\n");
+        let text = text.replace("kind = \"classify\"", "kind = \"classify\"\ninputs = { embeddings = [\"embeddings\", \"more\"] }");
+        let plan = parse(&text, &[]).unwrap();
+        let classify = plan.stages.iter().position(|s| s.name == "classify").unwrap();
+        let embed2 = plan.stages.iter().position(|s| s.name == "embed2").unwrap();
+        assert!(embed2 < classify, "classify must wait for both embeddings tables");
+        assert_eq!(plan.stages[classify].inputs["embeddings"], ["embeddings", "more"]);
     }
 
     #[test]

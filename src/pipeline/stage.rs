@@ -70,7 +70,7 @@ pub fn kind_names() -> String {
 pub struct Context<'a> {
     pub stage: &'a str,
     pub run_dir: &'a Location,
-    pub inputs: &'a BTreeMap<String, String>,
+    pub inputs: &'a BTreeMap<String, Vec<String>>,
     pub outputs: &'a BTreeMap<String, String>,
     pub options: &'a super::RunOptions,
     /// Text the stage wants shown to the user as a result (printed on stdout after the run).
@@ -78,13 +78,18 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    fn table_for<'b>(&self, wiring: &'b BTreeMap<String, String>, slot: &str) -> &'b str {
-        wiring.get(slot).unwrap_or_else(|| panic!("stage {} has no slot {slot}", self.stage))
+    fn output_table(&self, slot: &str) -> &str {
+        self.outputs.get(slot).unwrap_or_else(|| panic!("stage {} has no output slot {slot}", self.stage))
     }
 
-    /// Reads the whole table wired to input `slot`.
+    /// Reads every table wired to input `slot`, one after the other.
     pub fn read(&self, slot: &str) -> Result<Vec<RecordBatch>> {
-        table::read(self.run_dir, self.table_for(self.inputs, slot))
+        let tables = self.inputs.get(slot).unwrap_or_else(|| panic!("stage {} has no input slot {slot}", self.stage));
+        let mut batches = Vec::new();
+        for t in tables {
+            batches.extend(table::read(self.run_dir, t)?);
+        }
+        Ok(batches)
     }
 
     /// Whether input `slot` is wired (always true for required slots).
@@ -94,12 +99,12 @@ impl Context<'_> {
 
     /// Writes the whole table for output `slot`.
     pub fn write(&self, slot: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<usize> {
-        table::write(self.run_dir, self.table_for(self.outputs, slot), schema, batches)
+        table::write(self.run_dir, self.output_table(slot), schema, batches)
     }
 
     /// A streaming writer for output `slot`.
     pub fn writer(&self, slot: &str, schema: SchemaRef) -> Result<table::TableWriter> {
-        table::TableWriter::create(self.run_dir, self.table_for(self.outputs, slot), schema)
+        table::TableWriter::create(self.run_dir, self.output_table(slot), schema)
     }
 
     /// A progress display for `total` items of this stage.
