@@ -1,28 +1,34 @@
 //! The `embed` stage: every decodable picture through a face model, in batches.
 //!
-//! Pictures are fetched concurrently, decoded and resized in parallel (rayon), stacked into a
-//! batch tensor and run through the model on the chosen device (CUDA when present with
-//! `device = "auto"`). Only one batch of pixels is in memory at a time, and embeddings stream
-//! to the output table as they come, so datasets larger than memory work.
+//! Pictures are fetched concurrently and decoded in parallel (rayon), turned into the model's
+//! input, stacked into a batch tensor and run through the model on the chosen device (CUDA
+//! when present with `device = "auto"`). Only one batch of pixels is in memory at a time, and
+//! embeddings stream to the output table as they come, so datasets larger than memory work.
 //!
-//! Input mode `resize` feeds the whole picture resized to the model's input size: right for
-//! datasets already cropped or aligned for the model (glint24 is ArcFace-aligned; the FaceScrub
-//! fixtures are cropped to their face boxes).
+//! Two ways to make the model input (`input`):
+//! - `resize`: the whole picture resized to the model's input size, for datasets already
+//!   cropped or aligned for the model (glint24 is ArcFace-aligned).
+//! - `aligned`: the picture's largest face from the `faces` table (the `detect` stage), cropped
+//!   with the alignment the model card names (see [`crate::detect::align`]). Wire it with
+//!   `inputs = { images = "images", faces = "faces" }`. A picture without a face falls back to
+//!   `resize`; the `crop` column says which was used.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
+use arrow_array::{Array, FixedSizeListArray, Float32Array, Int32Array, StringArray};
 use arrow_schema::{DataType, Field};
+use image::RgbImage;
 use rayon::prelude::*;
 use serde::Deserialize;
-use tch::Tensor;
+use tch::{Device, Tensor};
 
+use crate::detect::align::{Alignment, FaceGeometry};
 use crate::io::image::{DecodeLimits, decode, resize, to_chw_f32};
 use crate::io::table::{self, column};
-use crate::io::{Location, fetch_many, split_url};
-use crate::models;
+use crate::io::{Location, fetch_many};
+use crate::models::{self, FaceModel};
 use crate::pipeline::stage::{Context, Kind, Stage, build_from};
 use crate::progress::info;
 
@@ -30,7 +36,7 @@ pub const KIND: Kind = Kind {
     name: "embed",
     summary: "embed every decodable picture with a face model (batched; CUDA when available)",
     inputs: &["images"],
-    optional_inputs: &[],
+    optional_inputs: &["faces"],
     outputs: &["embeddings"],
     build: build_from::<Embed>,
 };
@@ -61,6 +67,8 @@ pub enum InputMode {
     /// The whole picture, resized to the model's input size.
     #[default]
     Resize,
+    /// The largest detected face, aligned as the model card says.
+    Aligned,
 }
 
 fn default_batch() -> usize {
@@ -83,24 +91,41 @@ pub struct Picture {
 
 impl Stage for Embed {
     fn run(&self, ctx: &mut Context) -> Result<()> {
-        models::card(&self.model)?;
         let device = models::device(&self.device)?;
         let model = models::load(&self.model, device)?;
-        info(ctx.options.quiet, &format!("embed: {} on {device:?}", self.model));
+        let card = model.card().clone();
+        let faces = match self.input {
+            InputMode::Resize => HashMap::new(),
+            InputMode::Aligned if !ctx.has_input("faces") => {
+                bail!("input = \"aligned\" needs the faces table: add inputs = {{ images = \"images\", faces = \"faces\" }}")
+            }
+            InputMode::Aligned => largest_faces(&ctx.read("faces")?)?,
+        };
+        let alignment = match self.input {
+            InputMode::Aligned => Some((Alignment::from_card(&card.alignment, card.input_size)?, card.alignment.clone())),
+            InputMode::Resize => None,
+        };
+        info(ctx.options.quiet, &format!("embed: {} on {device:?}, input {:?}", self.model, self.input));
         let pictures = ok_pictures(&ctx.read("images")?)?;
-        let dim = model.card().output_dim as i32;
-        let mut writer = ctx.writer("embeddings", table::schema("embeddings").arrow(Some(dim)))?;
+        let mut writer = ctx.writer("embeddings", table::schema("embeddings").arrow(Some(card.output_dim as i32)))?;
         let mut loader = PictureLoader::new(self.limits.clone(), self.concurrency);
         let mut progress = ctx.progress(pictures.len() as u64, "images");
-        let mut failed = Vec::new();
+        let (mut failed, mut fallbacks) = (Vec::new(), 0);
         for chunk in pictures.chunks(self.batch_size.max(1)) {
-            let (batch, ids) = match loader.load(chunk, model.card().input_size) {
-                Ok(loaded) => loaded.into_batch(&mut failed),
-                Err(e) => return Err(e),
-            };
-            if !ids.is_empty() {
-                let embeddings = tch::no_grad(|| model.embed(&batch.to_device(device)));
-                writer.write(&embeddings_batch(&self.model, &ids, &embeddings)?)?;
+            let mut decoded = Vec::new();
+            for (picture, result) in chunk.iter().zip(loader.decode(chunk)?) {
+                match result {
+                    Ok(rgb) => decoded.push((picture, rgb)),
+                    Err(reason) => failed.push((picture.uri.clone(), reason)),
+                }
+            }
+            fallbacks += decoded.iter().filter(|(p, _)| alignment.is_some() && !faces.contains_key(&p.image_id)).count();
+            let inputs: Vec<ModelInput> = decoded
+                .par_iter()
+                .map(|(p, rgb)| model_input(rgb, faces.get(&p.image_id).zip(alignment.as_ref()), card.input_size, &p.image_id))
+                .collect();
+            if !inputs.is_empty() {
+                writer.write(&embed_inputs(model.as_ref(), &inputs)?)?;
             }
             progress.add(chunk.len() as u64);
         }
@@ -109,9 +134,39 @@ impl Stage for Embed {
         for (uri, reason) in &failed {
             info(ctx.options.quiet, &format!("embed: skipped {uri}: {reason} (it decoded at ingest; did it change?)"));
         }
-        ctx.report.push(format!("embed: {rows} embeddings with {} ({} pictures failed to load)", self.model, failed.len()));
+        let fallback_note = if alignment.is_some() { format!(", {fallbacks} without a detected face resized whole") } else { String::new() };
+        ctx.report.push(format!("embed: {rows} embeddings with {}{fallback_note} ({} pictures failed to load)", self.model, failed.len()));
         Ok(())
     }
+}
+
+/// One model input, ready to batch: [3, H, W] float pixels 0..255 and how it was cropped.
+pub struct ModelInput {
+    pub image_id: String,
+    pub pixels: Tensor,
+    pub crop: String,
+}
+
+/// The model input for one picture: its face aligned when there is one, else the picture resized.
+fn model_input(rgb: &RgbImage, aligned: Option<(&FaceGeometry, &(Alignment, String))>, size: [i64; 2], image_id: &str) -> ModelInput {
+    let (pixels, crop) = match aligned {
+        Some((face, (alignment, name))) => {
+            let picture = Tensor::from_slice(&to_chw_f32(rgb)).view([1, 3, rgb.height() as i64, rgb.width() as i64]);
+            (alignment.crop(&picture, face).squeeze_dim(0), name.clone())
+        }
+        None => {
+            let resized = resize(rgb, size[1] as u32, size[0] as u32);
+            (Tensor::from_slice(&to_chw_f32(&resized)).view([3, size[0], size[1]]), "resize".to_owned())
+        }
+    };
+    ModelInput { image_id: image_id.to_owned(), pixels, crop }
+}
+
+/// Runs one batch of inputs through the model and returns the embeddings batch.
+fn embed_inputs(model: &dyn FaceModel, inputs: &[ModelInput]) -> Result<arrow_array::RecordBatch> {
+    let batch = Tensor::stack(&inputs.iter().map(|i| i.pixels.shallow_clone()).collect::<Vec<_>>(), 0);
+    let embeddings = tch::no_grad(|| model.embed(&batch.to_device(model.device())));
+    embeddings_batch(&model.card().id, inputs, &embeddings)
 }
 
 /// The pictures of an images table whose status is ok.
@@ -133,6 +188,31 @@ pub fn ok_pictures(images: &[arrow_array::RecordBatch]) -> Result<Vec<Picture>> 
     Ok(out)
 }
 
+/// The largest face (face_index 0) of every picture in a faces table.
+pub fn largest_faces(faces: &[arrow_array::RecordBatch]) -> Result<HashMap<String, FaceGeometry>> {
+    let mut out = HashMap::new();
+    for batch in faces {
+        let ids = column::<StringArray>(batch, "image_id")?;
+        let index = column::<Int32Array>(batch, "face_index")?;
+        let boxes = column::<FixedSizeListArray>(batch, "box")?;
+        let marks = column::<FixedSizeListArray>(batch, "landmarks")?;
+        for i in 0..batch.num_rows() {
+            if index.is_null(i) || index.value(i) != 0 {
+                continue;
+            }
+            let values = |list: &FixedSizeListArray| -> Result<Vec<f64>> {
+                let v = list.value(i);
+                let v = v.as_any().downcast_ref::<Float32Array>().context("box and landmarks must be float32")?;
+                Ok(v.values().iter().map(|&x| x as f64).collect())
+            };
+            let (b, l) = (values(boxes)?, values(marks)?);
+            let landmarks = std::array::from_fn(|k| [l[2 * k], l[2 * k + 1]]);
+            out.insert(ids.value(i).to_owned(), FaceGeometry { bbox: [b[0], b[1], b[2], b[3]], landmarks });
+        }
+    }
+    Ok(out)
+}
+
 /// Fetches and decodes pictures, keeping one open [`Location`] per dataset root.
 pub struct PictureLoader {
     limits: DecodeLimits,
@@ -140,33 +220,14 @@ pub struct PictureLoader {
     roots: HashMap<String, Location>,
 }
 
-/// A loaded batch: pixels of the pictures that decoded, and the reasons of those that did not.
-pub struct Loaded {
-    pub ids: Vec<String>,
-    pub pixels: Vec<Vec<f32>>,
-    pub size: [i64; 2],
-    pub failures: Vec<(String, String)>,
-}
-
-impl Loaded {
-    /// Stacks the pixels into an [N, 3, H, W] tensor; failures are appended to `failed`.
-    pub fn into_batch(self, failed: &mut Vec<(String, String)>) -> (Tensor, Vec<String>) {
-        failed.extend(self.failures);
-        let [h, w] = self.size;
-        let flat: Vec<f32> = self.pixels.concat();
-        let n = self.ids.len() as i64;
-        (Tensor::from_slice(&flat).view([n, 3, h, w]), self.ids)
-    }
-}
-
 impl PictureLoader {
     pub fn new(limits: DecodeLimits, concurrency: usize) -> PictureLoader {
         PictureLoader { limits, concurrency, roots: HashMap::new() }
     }
 
-    /// Loads `pictures` resized to `size` ([height, width]).
-    pub fn load(&mut self, pictures: &[Picture], size: [i64; 2]) -> Result<Loaded> {
-        let mut bytes = Vec::with_capacity(pictures.len());
+    /// Fetches and decodes `pictures` (in parallel), each to RGB or the reason it failed.
+    pub fn decode(&mut self, pictures: &[Picture]) -> Result<Vec<Result<RgbImage, String>>> {
+        let mut bytes: Vec<Option<Result<bytes::Bytes>>> = (0..pictures.len()).map(|_| None).collect();
         // Group by dataset root so each root's store is opened once and fetched concurrently.
         let mut by_root: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, p) in pictures.iter().enumerate() {
@@ -175,7 +236,6 @@ impl PictureLoader {
                 Some((_, idx)) => idx.push(i),
                 None => by_root.push((root, vec![i])),
             }
-            bytes.push(None);
         }
         for (root, idx) in by_root {
             if !self.roots.contains_key(&root) {
@@ -186,27 +246,14 @@ impl PictureLoader {
                 bytes[i] = Some(b);
             }
         }
-        let (h, w) = (size[0] as u32, size[1] as u32);
         let limits = &self.limits;
-        let decoded: Vec<Result<Vec<f32>, String>> = bytes
+        Ok(bytes
             .into_par_iter()
             .map(|b| {
-                let b = b.expect("every picture fetched").map_err(|e| format!("{:#}", e))?;
-                let d = decode(&b, limits).map_err(|e| e.0)?;
-                Ok(to_chw_f32(&resize(&d.rgb, w, h)))
+                let b = b.expect("every picture fetched").map_err(|e| format!("{e:#}"))?;
+                decode(&b, limits).map(|d| d.rgb).map_err(|e| e.0)
             })
-            .collect();
-        let mut loaded = Loaded { ids: vec![], pixels: vec![], size, failures: vec![] };
-        for (p, d) in pictures.iter().zip(decoded) {
-            match d {
-                Ok(px) => {
-                    loaded.ids.push(p.image_id.clone());
-                    loaded.pixels.push(px);
-                }
-                Err(reason) => loaded.failures.push((p.uri.clone(), reason)),
-            }
-        }
-        Ok(loaded)
+            .collect())
     }
 }
 
@@ -214,17 +261,14 @@ impl PictureLoader {
 fn dataset_root(p: &Picture) -> Result<String> {
     match p.uri.strip_suffix(&p.rel_path) {
         Some(root) => Ok(root.trim_end_matches('/').to_owned()),
-        None => {
-            let (dir, _) = split_url(&p.uri);
-            bail!("{}: uri does not end with rel_path {} (dir {dir})", p.uri, p.rel_path)
-        }
+        None => bail!("{}: uri does not end with rel_path {}", p.uri, p.rel_path),
     }
 }
 
-/// An embeddings batch from a [N, D] tensor.
-pub fn embeddings_batch(model: &str, ids: &[String], embeddings: &Tensor) -> Result<arrow_array::RecordBatch> {
+/// An embeddings batch from a [N, D] tensor, one row per input.
+pub fn embeddings_batch(model: &str, inputs: &[ModelInput], embeddings: &Tensor) -> Result<arrow_array::RecordBatch> {
     let dim = embeddings.size()[1] as i32;
-    let values: Vec<f32> = Vec::<f32>::try_from(embeddings.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).flatten(0, -1))
+    let values: Vec<f32> = Vec::<f32>::try_from(embeddings.to_device(Device::Cpu).to_kind(tch::Kind::Float).flatten(0, -1))
         .context("copying embeddings off the device")?;
     let list = FixedSizeListArray::try_new(
         Arc::new(Field::new_list_field(DataType::Float32, false)),
@@ -233,8 +277,9 @@ pub fn embeddings_batch(model: &str, ids: &[String], embeddings: &Tensor) -> Res
         None,
     )?;
     let columns: Vec<Arc<dyn Array>> = vec![
-        Arc::new(StringArray::from_iter_values(ids)),
-        Arc::new(StringArray::from_iter_values(ids.iter().map(|_| model))),
+        Arc::new(StringArray::from_iter_values(inputs.iter().map(|i| &i.image_id))),
+        Arc::new(StringArray::from_iter_values(inputs.iter().map(|_| model))),
+        Arc::new(StringArray::from_iter_values(inputs.iter().map(|i| &i.crop))),
         Arc::new(list),
     ];
     table::batch("embeddings", Some(dim), columns)
