@@ -1,8 +1,11 @@
-//! The `evaluate` stage: accuracy per classifier, model and identity, and protection rates.
+//! The `evaluate` stage: accuracy per classifier, model and identity, and protection rates;
+//! the [`verify`] stage: verification AUC of each model.
 //!
 //! Protection rate, as in FaceCure: for a protected user, 1 - accuracy on their clean test
 //! pictures. The `metrics` table has one row per (classifier, model, identity) and one overall
 //! row per (classifier, model) with a null identity; the same figures are printed as a table.
+
+pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

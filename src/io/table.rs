@@ -55,6 +55,7 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
     ("predictions", include_str!("../../schemas/predictions.toml")),
     ("metrics", include_str!("../../schemas/metrics.toml")),
     ("faces", include_str!("../../schemas/faces.toml")),
+    ("verification", include_str!("../../schemas/verification.toml")),
 ];
 
 /// The documented schema called `name` (the `table` key of its TOML file).

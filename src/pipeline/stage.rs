@@ -55,6 +55,7 @@ pub fn kinds() -> &'static [Kind] {
         crate::embed::KIND,
         crate::train::classify::KIND,
         crate::evaluate::KIND,
+        crate::evaluate::verify::KIND,
     ]
 }
 
