@@ -59,6 +59,10 @@ pub struct Embed {
     pub limits: DecodeLimits,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Pictures per checkpoint: each part is saved when done, and an interrupted run resumes
+    /// after the last saved part.
+    #[serde(default = "default_part_size")]
+    pub part_size: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
@@ -79,6 +83,9 @@ fn default_device() -> String {
 }
 fn default_concurrency() -> usize {
     32
+}
+fn default_part_size() -> usize {
+    1024
 }
 
 /// A picture to embed.
@@ -107,30 +114,44 @@ impl Stage for Embed {
         };
         info(ctx.options.quiet, &format!("embed: {} on {device:?}, input {:?}", self.model, self.input));
         let pictures = ok_pictures(&ctx.read("images")?)?;
-        let mut writer = ctx.writer("embeddings", table::schema("embeddings").arrow(Some(card.output_dim as i32)))?;
+        let parts = ctx.parts("embeddings", table::schema("embeddings").arrow(Some(card.output_dim as i32)));
         let mut loader = PictureLoader::new(self.limits.clone(), self.concurrency);
         let mut progress = ctx.progress(pictures.len() as u64, "images");
-        let (mut failed, mut fallbacks) = (Vec::new(), 0);
-        for chunk in pictures.chunks(self.batch_size.max(1)) {
-            let mut decoded = Vec::new();
-            for (picture, result) in chunk.iter().zip(loader.decode(chunk)?) {
-                match result {
-                    Ok(rgb) => decoded.push((picture, rgb)),
-                    Err(reason) => failed.push((picture.uri.clone(), reason)),
+        let (mut failed, mut fallbacks, mut resumed) = (Vec::new(), 0, 0);
+        let part_size = self.part_size.max(1);
+        let n_parts = pictures.len().div_ceil(part_size);
+        for (k, part) in pictures.chunks(part_size).enumerate() {
+            if parts.is_done(k)? {
+                resumed += 1;
+                progress.add(part.len() as u64);
+                continue;
+            }
+            let mut batches = Vec::new();
+            for chunk in part.chunks(self.batch_size.max(1)) {
+                let mut decoded = Vec::new();
+                for (picture, result) in chunk.iter().zip(loader.decode(chunk)?) {
+                    match result {
+                        Ok(rgb) => decoded.push((picture, rgb)),
+                        Err(reason) => failed.push((picture.uri.clone(), reason)),
+                    }
                 }
+                fallbacks += decoded.iter().filter(|(p, _)| alignment.is_some() && !faces.contains_key(&p.image_id)).count();
+                let inputs: Vec<ModelInput> = decoded
+                    .par_iter()
+                    .map(|(p, rgb)| model_input(rgb, faces.get(&p.image_id).zip(alignment.as_ref()), card.input_size, &p.image_id))
+                    .collect();
+                if !inputs.is_empty() {
+                    batches.push(embed_inputs(model.as_ref(), &inputs)?);
+                }
+                progress.add(chunk.len() as u64);
             }
-            fallbacks += decoded.iter().filter(|(p, _)| alignment.is_some() && !faces.contains_key(&p.image_id)).count();
-            let inputs: Vec<ModelInput> = decoded
-                .par_iter()
-                .map(|(p, rgb)| model_input(rgb, faces.get(&p.image_id).zip(alignment.as_ref()), card.input_size, &p.image_id))
-                .collect();
-            if !inputs.is_empty() {
-                writer.write(&embed_inputs(model.as_ref(), &inputs)?)?;
-            }
-            progress.add(chunk.len() as u64);
+            parts.write(k, &batches)?;
         }
         progress.finish();
-        let rows = writer.finish()?;
+        if resumed > 0 {
+            info(ctx.options.quiet, &format!("embed: resumed: {resumed} of {n_parts} parts were done by an interrupted run"));
+        }
+        let rows = parts.finish(n_parts)?;
         for (uri, reason) in &failed {
             info(ctx.options.quiet, &format!("embed: skipped {uri}: {reason} (it decoded at ingest; did it change?)"));
         }

@@ -67,6 +67,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
             inputs: &spec.inputs,
             outputs: &spec.outputs,
             options,
+            fingerprint: &fingerprint,
             report: Vec::new(),
         };
         stage.run(&mut ctx).with_context(|| format!("stage {} ({})", spec.name, spec.kind.name))?;

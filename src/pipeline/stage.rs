@@ -74,6 +74,8 @@ pub struct Context<'a> {
     pub inputs: &'a BTreeMap<String, Vec<String>>,
     pub outputs: &'a BTreeMap<String, String>,
     pub options: &'a super::RunOptions,
+    /// Fingerprint of this stage's configuration and inputs (names its resumable work).
+    pub fingerprint: &'a str,
     /// Text the stage wants shown to the user as a result (printed on stdout after the run).
     pub report: Vec<String>,
 }
@@ -108,8 +110,56 @@ impl Context<'_> {
         table::TableWriter::create(self.run_dir, self.output_table(slot), schema)
     }
 
+    /// Resumable output for `slot`: work written in numbered parts as it is done (see [`Parts`]).
+    pub fn parts(&self, slot: &str, schema: SchemaRef) -> Parts {
+        let work = format!("_work/{}-{}", self.stage, &self.fingerprint[..16]);
+        Parts { dir: self.run_dir.child(&work), run_dir: self.run_dir.clone(), table: self.output_table(slot).to_owned(), schema }
+    }
+
     /// A progress display for `total` items of this stage.
     pub fn progress(&self, total: u64, unit: &str) -> Progress {
         Progress::new(self.stage, total, unit, self.options.quiet)
+    }
+}
+
+/// An output written as numbered parts while the stage works, so that an interrupted stage
+/// resumes where it stopped instead of starting over. Parts live in
+/// `_work/<stage>-<fingerprint>/`: a changed configuration or input never reuses them.
+/// [`Parts::finish`] joins them, in order, into the output table and removes them.
+pub struct Parts {
+    dir: Location,
+    run_dir: Location,
+    table: String,
+    schema: SchemaRef,
+}
+
+impl Parts {
+    fn key(k: usize) -> String {
+        format!("part-{k:06}")
+    }
+
+    /// Whether part `k` was completed by an earlier (interrupted) run.
+    pub fn is_done(&self, k: usize) -> Result<bool> {
+        table::exists(&self.dir, &Self::key(k))
+    }
+
+    /// Writes part `k` (atomically).
+    pub fn write(&self, k: usize, batches: &[RecordBatch]) -> Result<()> {
+        table::write(&self.dir, &Self::key(k), self.schema.clone(), batches).map(|_| ())
+    }
+
+    /// Joins parts `0..n` into the output table, then removes them; returns the row count.
+    pub fn finish(self, n: usize) -> Result<usize> {
+        let mut writer = table::TableWriter::create(&self.run_dir, &self.table, self.schema.clone())?;
+        for k in 0..n {
+            for batch in table::read(&self.dir, &Self::key(k))? {
+                writer.write(&batch)?;
+            }
+        }
+        let rows = writer.finish()?;
+        for entry in self.dir.list()? {
+            self.dir.delete(&entry.key)?;
+        }
+        Ok(rows)
     }
 }

@@ -7,6 +7,7 @@
 mod bad_inputs;
 mod baseline;
 mod golden;
+mod resume;
 mod s3;
 
 use std::path::{Path, PathBuf};
