@@ -171,6 +171,37 @@ mod tests {
         assert!(decode(&png_bytes(7, 5), &limits).unwrap_err().0.contains("over the limit"));
     }
 
+    /// A JPEG with an EXIF APP1 segment holding only the orientation tag.
+    fn jpeg_with_orientation(w: u32, h: u32, orientation: u8) -> Vec<u8> {
+        let mut plain = Vec::new();
+        RgbImage::new(w, h).write_to(&mut Cursor::new(&mut plain), image::ImageFormat::Jpeg).unwrap();
+        let mut tiff = b"II\x2a\x00\x08\x00\x00\x00\x01\x00".to_vec(); // header, IFD with 1 entry
+        tiff.extend_from_slice(&[0x12, 0x01, 3, 0, 1, 0, 0, 0, orientation, 0, 0, 0, 0, 0, 0, 0]);
+        let mut app1 = b"Exif\x00\x00".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut out = plain[..2].to_vec(); // SOI
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&plain[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        let d = decode(&jpeg_with_orientation(8, 4, 6), &DecodeLimits::default()).unwrap();
+        assert_eq!((d.rgb.width(), d.rgb.height(), d.exif_orientation), (4, 8, 6), "rotated 90 degrees");
+        let d = decode(&jpeg_with_orientation(8, 4, 1), &DecodeLimits::default()).unwrap();
+        assert_eq!((d.rgb.width(), d.rgb.height(), d.exif_orientation), (8, 4, 1));
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused() {
+        let full = jpeg_with_orientation(64, 64, 1);
+        let err = decode(&full[..full.len() - 40], &DecodeLimits::default()).unwrap_err();
+        assert!(err.0.contains("truncated") || err.0.contains("corrupt"), "{err}");
+    }
+
     #[test]
     fn planar_layout_puts_channels_first() {
         let mut img = RgbImage::new(2, 1);
