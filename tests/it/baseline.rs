@@ -38,3 +38,38 @@ fn baseline_runs_end_to_end_and_reruns_only_what_changed() {
     }
     std::fs::remove_dir_all(runs).ok();
 }
+
+#[test]
+fn a_manifest_names_the_pictures_and_their_identities() {
+    let Some(dataset) = shared("datasets/fixture_facescrub12x10") else { return };
+    let dir = scratch("manifest");
+    let mut csv = String::from("path,identity\n");
+    for (person, label) in [("Alec_Baldwin", "person_a"), ("Bill_Hader", "person_b")] {
+        for f in std::fs::read_dir(dataset.join(person)).unwrap() {
+            csv += &format!("{person}/{},{label}\n", f.unwrap().file_name().to_string_lossy());
+        }
+    }
+    let manifest = dir.join("labels.csv");
+    std::fs::write(&manifest, &csv).unwrap();
+    let pipeline = dir.join("ingest.toml");
+    std::fs::write(&pipeline, "[pipeline]\nname = 'manifest'\n[stages.ingest]\nkind = 'ingest'\n").unwrap();
+    let root = dir.join("runs");
+    let set = |k: &str, v: &std::path::Path| format!("ingest.{k}={}", v.display());
+    for manifest in [manifest.clone(), dir.join("labels.parquet")] {
+        if manifest.extension().unwrap() == "parquet" {
+            let code = format!("import polars as pl; pl.read_csv({:?}).write_parquet({:?})", dir.join("labels.csv"), manifest);
+            assert!(std::process::Command::new(crate::python()).args(["-c", &code]).status().unwrap().success());
+        }
+        cloakbench(
+            &["run", pipeline.to_str().unwrap(), "--quiet", "--force", "--set", &set("dataset", &dataset), "--set", &set("manifest", &manifest), "--run-root", root.to_str().unwrap()],
+            &[],
+        );
+        let code = format!(
+            "import polars as pl; d = pl.read_parquet({:?}); print(d.height, sorted(set(d['identity'])), (d['status'] == 'ok').all())",
+            root.join("manifest/images.parquet")
+        );
+        let out = std::process::Command::new(crate::python()).args(["-c", &code]).output().unwrap();
+        assert_eq!(text(&out.stdout).trim(), "20 ['person_a', 'person_b'] True", "{}", text(&out.stderr));
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
