@@ -16,6 +16,7 @@
 
 pub mod card;
 pub mod dlib_resnet29;
+pub mod torchscript;
 
 use std::path::PathBuf;
 
@@ -34,17 +35,33 @@ pub trait FaceModel: Send {
 
 const CARDS: &[&str] = &[include_str!("cards/dlib_resnet29_150.toml")];
 
-/// Every model card in the zoo.
-pub fn cards() -> Vec<ModelCard> {
-    CARDS.iter().map(|t| ModelCard::parse(t).expect("bundled model cards parse")).collect()
+/// Every model card: the zoo's, then the user's (`<id>.toml` files in the models folder).
+pub fn cards() -> Result<Vec<ModelCard>> {
+    let mut all: Vec<ModelCard> = CARDS.iter().map(|t| ModelCard::parse(t).expect("bundled model cards parse")).collect();
+    let mut user_files: Vec<_> = std::fs::read_dir(models_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    user_files.sort();
+    for path in user_files {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read model card", path.display()))?;
+        let card = ModelCard::parse(&text).with_context(|| format!("{}: bad model card", path.display()))?;
+        if all.iter().any(|c| c.id == card.id) {
+            bail!("{}: model id {} is already taken", path.display(), card.id);
+        }
+        all.push(card);
+    }
+    Ok(all)
 }
 
 /// The card of model `id`.
 pub fn card(id: &str) -> Result<ModelCard> {
-    cards().into_iter().find(|c| c.id == id).ok_or_else(|| {
-        let ids: Vec<_> = cards().into_iter().map(|c| c.id).collect();
-        anyhow!("unknown model {id:?}; the zoo has {ids:?}")
-    })
+    let all = cards()?;
+    let ids: Vec<_> = all.iter().map(|c| c.id.clone()).collect();
+    all.into_iter().find(|c| c.id == id).ok_or_else(|| anyhow!("unknown model {id:?}; installed: {ids:?}"))
 }
 
 /// Folder holding converted weights.
@@ -71,6 +88,9 @@ pub fn weights_path(card: &ModelCard) -> Result<PathBuf> {
 pub fn load(id: &str, device: Device) -> Result<Box<dyn FaceModel>> {
     let card = card(id)?;
     let path = weights_path(&card)?;
+    if card.format == card::WeightsFormat::Torchscript {
+        return torchscript::load(card, &path, device);
+    }
     let mut vs = nn::VarStore::new(device);
     let model: Box<dyn FaceModel> = match id {
         "dlib_resnet29_150" => Box::new(dlib_resnet29::DlibResNet29::new(&vs.root(), card)),

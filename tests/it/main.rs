@@ -9,6 +9,7 @@ mod baseline;
 mod golden;
 mod resume;
 mod s3;
+mod user_models;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

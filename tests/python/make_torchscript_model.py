@@ -1,0 +1,49 @@
+"""Exports a small face model to TorchScript with its card, as the README tells users to.
+
+Usage: make_torchscript_model.py MODELS_DIR
+Writes MODELS_DIR/tiny_user_net.pt and MODELS_DIR/tiny_user_net.toml.
+"""
+import pathlib
+import sys
+
+import torch
+
+
+class TinyNet(torch.nn.Module):
+    """Stands in for a user's network: any module from pixels to embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
+        self.head = torch.nn.Linear(8 * 16, 32)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class Wrapped(torch.nn.Module):
+    """What cloakbench expects: float32 NCHW RGB 0..255 in, embeddings out."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels):
+        return self.net((pixels - 127.5) / 128.0)
+
+
+out = pathlib.Path(sys.argv[1])
+out.mkdir(parents=True, exist_ok=True)
+torch.jit.script(Wrapped(TinyNet()).eval()).save(str(out / "tiny_user_net.pt"))
+(out / "tiny_user_net.toml").write_text("""\
+id = "tiny_user_net"
+format = "torchscript"
+weights = "tiny_user_net.pt"
+input_size = [112, 112]
+output_dim = 32
+alignment = "arcface"
+architecture = "a tiny test network"
+licence = "MIT"
+""")
