@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 BIN := $(CARGO_TARGET_DIR)/release/cloakbench
 PIPELINE ?= pipelines/baseline.toml
 
-.PHONY: setup build demo test bench clean-runs
+.PHONY: setup build demo test bench bench-zoo clean-runs
 
 setup:
 	@scripts/setup.sh
@@ -31,7 +31,11 @@ test: build
 
 ## Throughput of ingest and embed against the raw model (a benchmark, not a test).
 bench: build
-	$(BIN) bench $(ARGS)
+	$(BIN) bench baseline $(ARGS)
+
+## Every model: probe and 1-NN accuracy (facescrub12), LFW verification AUC, images/s.
+bench-zoo: build
+	$(BIN) bench zoo $(ARGS)
 
 clean-runs:
 	rm -rf runs

@@ -8,10 +8,13 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Result;
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use arrow_array::{Array, Float64Array, StringArray};
 use tch::{Kind, Tensor};
 
-use crate::io::table;
+use crate::io::table::{self, column};
 use crate::pipeline::{self, RunOptions};
 
 pub fn baseline(dataset: &str, model: &str, batch_size: usize, device: &str) -> Result<ExitCode> {
@@ -76,4 +79,74 @@ pub fn peak_rss_mib() -> f64 {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Runs the zoo pipelines and prints one line per model.
+pub fn zoo(run_root: &str, force: bool) -> Result<ExitCode> {
+    let options = RunOptions { force, quiet: false };
+    let mut rows: BTreeMap<String, ZooRow> = BTreeMap::new();
+    for file in ["pipelines/zoo_facescrub12.toml", "pipelines/zoo_lfw.toml"] {
+        let text = std::fs::read_to_string(file).with_context(|| format!("{file}: cannot read (run from the repository root)"))?;
+        let plan = pipeline::parse(&text, &[format!("run_root={run_root}")])?;
+        pipeline::run(&plan, &options)?;
+        let dir = crate::io::Location::open(run_root)?.child(&plan.name);
+        collect_zoo_figures(&dir, &plan, &mut rows)?;
+    }
+    println!("{:<36} {:>8} {:>8} {:>8} {:>8} {:>10}", "model", "probe", "1-NN", "LFW AUC", "LFW EER", "images/s");
+    let cell = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+    for (model, r) in &rows {
+        println!(
+            "{model:<36} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            cell(r.probe, 3), cell(r.nearest, 3), cell(r.auc, 4), cell(r.eer, 4), cell(r.images_per_s, 1)
+        );
+    }
+    println!("probe and 1-NN: accuracy on the test split of facescrub12 (70/30 per identity, aligned faces);");
+    println!("images/s: the embed stage on facescrub12 (fetch, decode, align, forward), {} threads, device {:?}", tch::get_num_threads(), tch::Device::cuda_if_available());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Default)]
+struct ZooRow {
+    probe: Option<f64>,
+    nearest: Option<f64>,
+    auc: Option<f64>,
+    eer: Option<f64>,
+    images_per_s: Option<f64>,
+}
+
+/// Reads the overall metrics, verification figures and embed timings of a finished zoo run.
+fn collect_zoo_figures(dir: &crate::io::Location, plan: &pipeline::Plan, rows: &mut BTreeMap<String, ZooRow>) -> Result<()> {
+    let produced = |t: &str| plan.stages.iter().any(|s| s.outputs.values().any(|o| o == t));
+    if produced("metrics") {
+        for b in table::read(dir, "metrics")? {
+            let (c, m, who, acc) = (column::<StringArray>(&b, "classifier")?, column::<StringArray>(&b, "model")?, column::<StringArray>(&b, "identity")?, column::<Float64Array>(&b, "accuracy")?);
+            for i in (0..b.num_rows()).filter(|&i| who.is_null(i)) {
+                let row = rows.entry(m.value(i).to_owned()).or_default();
+                match c.value(i) {
+                    "linear_probe" => row.probe = Some(acc.value(i)),
+                    _ => row.nearest = Some(acc.value(i)),
+                }
+            }
+        }
+        // Throughput of each embed stage, from its recorded run time and row count.
+        for stage in plan.stages.iter().filter(|s| s.kind.name == "embed") {
+            let state: serde_json::Value = serde_json::from_slice(&dir.get(&format!("_state/{}.json", stage.name))?)?;
+            let seconds = state["seconds"].as_f64().unwrap_or(f64::NAN);
+            let table_name = &stage.outputs["embeddings"];
+            let n: usize = table::read(dir, table_name)?.iter().map(|b| b.num_rows()).sum();
+            let model = stage.config.get("model").and_then(|m| m.as_str()).unwrap_or_default();
+            rows.entry(model.to_owned()).or_default().images_per_s = Some(n as f64 / seconds);
+        }
+    }
+    if produced("verification") {
+        for b in table::read(dir, "verification")? {
+            let (m, auc, eer) = (column::<StringArray>(&b, "model")?, column::<Float64Array>(&b, "auc")?, column::<Float64Array>(&b, "eer")?);
+            for i in 0..b.num_rows() {
+                let row = rows.entry(m.value(i).to_owned()).or_default();
+                row.auc = Some(auc.value(i));
+                row.eer = Some(eer.value(i));
+            }
+        }
+    }
+    Ok(())
 }

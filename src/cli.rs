@@ -46,9 +46,18 @@ enum Command {
     },
     /// List the stage kinds a pipeline file can use, with their input and output tables.
     Stages,
-    /// Measure throughput: ingest and embed images/s on a dataset, beside the model's raw
-    /// forward throughput on random tensors of the same batch size.
+    /// Benchmarks that print figures (throughput, accuracy, memory).
     Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Ingest and embed images/s on a dataset, beside the model's raw forward throughput on
+    /// random tensors of the same batch size, and peak memory.
+    Baseline {
         /// Dataset to measure on.
         #[arg(long, default_value = "../shared/datasets/facescrub12")]
         dataset: String,
@@ -59,6 +68,16 @@ enum Command {
         /// auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
+    },
+    /// Every model of the zoo: linear-probe and 1-NN accuracy on facescrub12's 70/30 split,
+    /// verification AUC on LFW pairs, and embed images/s. Runs pipelines/zoo_facescrub12.toml
+    /// and pipelines/zoo_lfw.toml (finished stages are reused; --force reruns them).
+    Zoo {
+        /// Where the two runs are written.
+        #[arg(long, default_value = "runs")]
+        run_root: String,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -85,7 +104,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run { pipeline, set, run_root, force, quiet } => run(&pipeline, set, run_root, RunOptions { force, quiet }),
         Command::Models { command: ModelsCommand::List } => models_list(),
         Command::Stages => stages(),
-        Command::Bench { dataset, model, batch_size, device } => crate::bench::baseline(&dataset, &model, batch_size, &device),
+        Command::Bench { command: BenchCommand::Baseline { dataset, model, batch_size, device } } => {
+            crate::bench::baseline(&dataset, &model, batch_size, &device)
+        }
+        Command::Bench { command: BenchCommand::Zoo { run_root, force } } => crate::bench::zoo(&run_root, force),
     }
 }
 
