@@ -17,6 +17,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod cloak;
 pub mod detect;
 pub mod embed;
 pub mod evaluate;

@@ -1,0 +1,3 @@
+//! Cloaks: small perturbations that make face recognisers misidentify a person.
+
+pub mod ssim;
