@@ -46,6 +46,9 @@ pub enum Alignment {
     DlibChip { size: i64, padding: f64 },
     /// The box grown by `margin` pixels on each side, clipped to the picture, resized.
     BoxCrop { height: i64, width: i64, margin: f64 },
+    /// The square around the box's centre with side max(w, h) + 2 margin, resized (Fawkes'
+    /// face crop; outside the picture is zero where Fawkes pads with the mean colour).
+    SquareBox { size: i64, margin: f64 },
 }
 
 impl Alignment {
@@ -63,7 +66,7 @@ impl Alignment {
 
     pub fn output_size(&self) -> [i64; 2] {
         match *self {
-            Alignment::Arcface { size } | Alignment::DlibChip { size, .. } => [size, size],
+            Alignment::Arcface { size } | Alignment::DlibChip { size, .. } | Alignment::SquareBox { size, .. } => [size, size],
             Alignment::BoxCrop { height, width, .. } => [height, width],
         }
     }
@@ -80,6 +83,13 @@ impl Alignment {
                 let s = size as f64;
                 let template = DLIB_MEAN_FACE.map(|[x, y]| [(padding + x) / (2.0 * padding + 1.0) * s, (padding + y) / (2.0 * padding + 1.0) * s]);
                 similarity(&template, &face.landmarks)
+            }
+            Alignment::SquareBox { size, margin } => {
+                let [x1, y1, x2, y2] = face.bbox;
+                let side = (x2 - x1).max(y2 - y1) + 2.0 * margin;
+                let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
+                let s = side / size as f64;
+                [[s, 0.0, cx - side / 2.0 + 0.5 * s - 0.5], [0.0, s, cy - side / 2.0 + 0.5 * s - 0.5]]
             }
             Alignment::BoxCrop { height, width, margin } => {
                 let [x1, y1, x2, y2] = face.bbox;

@@ -5,6 +5,7 @@
 //! a message naming the missing folder when it is absent.
 
 mod bad_inputs;
+mod cloak;
 mod baseline;
 mod golden;
 mod resume;

@@ -1,0 +1,410 @@
+//! The one attack loop every cloak method is a configuration of.
+//!
+//! A batch of pictures (full resolution, any sizes) and their detected faces go in; each face
+//! is cropped for each model of the attacker's ensemble with the model's own alignment
+//! (a differentiable warp, [`crate::detect::align`]), so the perturbation is optimised on the
+//! original pixels. Per step:
+//!
+//! 1. pixels from the variable (`direct`: x = v; `tanh`: x = 255 (tanh(w0 + v) + 1) / 2);
+//! 2. the objective per face: feature distance between the crop's embedding and the original
+//!    one, pushed away (`away`), pulled toward a target point (`toward`), or away from the
+//!    user's own cluster centre (`away_from_centroid`), over the ensemble, optionally with
+//!    Gaussian-smoothed copies and flip-averaged embeddings;
+//! 3. the budget: DSSIM penalty `c * max(DSSIM - th, 0)^2` on each face's 112x112 crop with
+//!    Fawkes' adaptive weight on the feature term, a perceptual penalty, an L-inf cap;
+//! 4. an optimiser step (Adadelta, Adam or signed gradient), then the L-inf cap and the valid
+//!    pixel range;
+//! 5. the best iterate per picture that respects the budget is kept.
+//!
+//! Pictures of different sizes share a batch by zero-padding to the largest; crops only sample
+//! each picture's own region, and the padding is cut off at the end.
+
+use tch::{Device, Kind, Tensor};
+
+use super::ssim::dssim;
+use crate::detect::align::{Alignment, FaceGeometry};
+use crate::models::FaceModel;
+
+/// How the optimised variable becomes pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Parameterisation {
+    Direct,
+    Tanh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Optimiser {
+    Adadelta { lr: f64 },
+    Adam { lr: f64 },
+    /// x -= step * sign(gradient of the loss), step in 0..255 units.
+    Signed { step: f64 },
+}
+
+/// What the feature term wants.
+#[derive(Debug)]
+pub enum Goal {
+    /// Maximise the distance from the face's original embedding (untargeted).
+    Away,
+    /// Minimise the distance to a target point per face and model ([faces, dim] per model).
+    Toward(Vec<Tensor>),
+    /// Maximise the distance from the user's clean cluster centre, per model ([dim]).
+    AwayFromCentroid(Vec<Tensor>),
+}
+
+/// How a feature distance is measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Distance {
+    /// Fawkes: ||f' - f||² / ||f|| on L2-normalised embeddings.
+    NormalisedSquared,
+    /// Fawkes v0.3's targeted term: ||T - f'|| / ||T|| on L2-normalised embeddings.
+    NormalisedL2,
+    /// LowKey: mean over dimensions of (f' - f)² / ||f||, on flip-averaged, L2-normalised embeddings.
+    MeanSquaredOverNorm,
+}
+
+#[derive(Debug)]
+pub struct Objective {
+    pub goal: Goal,
+    pub distance: Distance,
+    /// Embed the horizontally flipped crop too and sum (LowKey).
+    pub flip: bool,
+    /// Add Gaussian-smoothed copies (kernel, sigma) as extra ensemble members (LowKey).
+    pub smoothing: Option<(i64, f64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DssimBudget {
+    pub threshold: f64,
+    /// Weight of the squared excess.
+    pub weight: f64,
+    /// Fawkes' per-picture weight on the feature term: doubled under 0.9 th, halved over 1.1 th.
+    pub adaptive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub dssim: Option<DssimBudget>,
+    /// Weight of a perceptual penalty (DSSIM of the face crop and of the whole picture, half each).
+    pub perceptual: Option<f64>,
+    /// Hard cap on |x' - x| per pixel, 0..255 units, applied after every step.
+    pub linf: Option<f64>,
+    /// Keep the iterate with the largest feature term among those with DSSIM <= this (x th).
+    pub best_within: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct AttackConfig {
+    pub parameterisation: Parameterisation,
+    pub optimiser: Optimiser,
+    pub steps: usize,
+    /// Multiply the learning rate by `.1` every `.0` steps (Fawkes v0.3).
+    pub lr_decay: Option<(usize, f64)>,
+    /// Uniform noise of this amplitude added at the start (variable units).
+    pub init_noise: f64,
+    pub objective: Objective,
+    pub budget: Budget,
+    pub seed: i64,
+}
+
+/// A model of the attacker's ensemble and the crop it expects.
+pub struct Member<'a> {
+    pub model: &'a dyn FaceModel,
+    pub alignment: Alignment,
+}
+
+/// One picture to cloak: pixels [3, H, W] in 0..255 and its faces.
+pub struct Target {
+    pub pixels: Tensor,
+    pub faces: Vec<FaceGeometry>,
+}
+
+/// Result per picture: the cloaked pixels [3, H, W] (0..255, not yet rounded) and figures.
+pub struct Cloaked {
+    pub pixels: Tensor,
+    /// Largest DSSIM over the picture's faces (budget crop), at the kept iterate.
+    pub dssim: f64,
+    /// Feature term at the kept iterate (larger = further for away goals).
+    pub feature_term: f64,
+    /// Whether the kept iterate respects the DSSIM budget (always true without one).
+    pub within_budget: bool,
+}
+
+/// The crop on which DSSIM is measured: Fawkes' 112x112 square around the face, 30 px margin.
+const BUDGET_CROP: Alignment = Alignment::SquareBox { size: 112, margin: 30.0 };
+
+/// Runs the attack on a batch of pictures. Pictures without faces come back unchanged.
+pub fn run(config: &AttackConfig, ensemble: &[Member], targets: &[Target], device: Device) -> Vec<Cloaked> {
+    tch::manual_seed(config.seed);
+    let (x0, sizes) = pad_batch(targets, device);
+    let faces: Vec<(i64, FaceGeometry)> = targets.iter().enumerate().flat_map(|(b, t)| t.faces.iter().map(move |f| (b as i64, *f))).collect();
+    let n = targets.len() as i64;
+    if faces.is_empty() {
+        return unchanged(targets);
+    }
+    let original = tch::no_grad(|| embed_all(config, ensemble, &x0, &faces));
+    let budget_x0 = tch::no_grad(|| crops(&x0, &faces, BUDGET_CROP));
+    let mut state = State::new(config, &x0, device);
+    let mut weight = Tensor::ones([n], (Kind::Float, device)); // Fawkes' c_diff per picture
+    // A deep copy: the best iterates are written in place and must not alias the originals.
+    let mut best = (x0.copy(), vec![f64::NEG_INFINITY; n as usize], vec![f64::INFINITY; n as usize]);
+    let face_picture = Tensor::from_slice(&faces.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device);
+    for step in 0..config.steps {
+        let x = state.pixels();
+        let embeddings = embed_all(config, ensemble, &x, &faces);
+        let feature = per_picture(&feature_term(config, &embeddings, &original), &face_picture, n, false);
+        let face_dssim = dssim(&crops(&x, &faces, BUDGET_CROP), &budget_x0, 255.0);
+        let picture_dssim = per_picture(&face_dssim, &face_picture, n, true);
+        let mut loss = -(&weight * &feature).sum(Kind::Float);
+        if let Some(b) = config.budget.dssim {
+            loss += (&picture_dssim - b.threshold).clamp_min(0.0).square().sum(Kind::Float) * b.weight;
+        }
+        if let Some(w) = config.budget.perceptual {
+            let whole = dssim(&x, &x0, 255.0);
+            loss += ((&picture_dssim + whole) * (0.5 * w)).sum(Kind::Float);
+        }
+        state.step(&loss, step, config);
+        tch::no_grad(|| {
+            record_best(config, &x, &feature, &picture_dssim, &mut best);
+            if let Some(b) = config.budget.dssim.filter(|b| b.adaptive) {
+                weight = adapt_weight(&weight, &picture_dssim, b.threshold);
+            }
+        });
+    }
+    // The last iterate counts too.
+    tch::no_grad(|| {
+        let x = state.pixels();
+        let feature = per_picture(&feature_term(config, &embed_all(config, ensemble, &x, &faces), &original), &face_picture, n, false);
+        let d = per_picture(&dssim(&crops(&x, &faces, BUDGET_CROP), &budget_x0, 255.0), &face_picture, n, true);
+        record_best(config, &x, &feature, &d, &mut best);
+    });
+    let (best_x, best_feature, best_dssim) = best;
+    targets
+        .iter()
+        .enumerate()
+        .map(|(b, t)| {
+            let [h, w] = sizes[b];
+            let limit = config.budget.dssim.map_or(f64::INFINITY, |d| d.threshold * config.budget.best_within.unwrap_or(f64::INFINITY));
+            if t.faces.is_empty() {
+                return Cloaked { pixels: t.pixels.shallow_clone(), dssim: 0.0, feature_term: 0.0, within_budget: true };
+            }
+            Cloaked {
+                pixels: best_x.get(b as i64).narrow(1, 0, h).narrow(2, 0, w).to_device(Device::Cpu),
+                dssim: best_dssim[b],
+                feature_term: best_feature[b],
+                within_budget: best_dssim[b] <= limit,
+            }
+        })
+        .collect()
+}
+
+fn unchanged(targets: &[Target]) -> Vec<Cloaked> {
+    targets.iter().map(|t| Cloaked { pixels: t.pixels.shallow_clone(), dssim: 0.0, feature_term: 0.0, within_budget: true }).collect()
+}
+
+/// Stacks pictures of any sizes into one zero-padded [B, 3, Hmax, Wmax] batch.
+fn pad_batch(targets: &[Target], device: Device) -> (Tensor, Vec<[i64; 2]>) {
+    let sizes: Vec<[i64; 2]> = targets.iter().map(|t| [t.pixels.size()[1], t.pixels.size()[2]]).collect();
+    let hmax = sizes.iter().map(|s| s[0]).max().unwrap_or(1);
+    let wmax = sizes.iter().map(|s| s[1]).max().unwrap_or(1);
+    let padded: Vec<Tensor> = targets
+        .iter()
+        .zip(&sizes)
+        .map(|(t, s)| t.pixels.to_kind(Kind::Float).constant_pad_nd([0, wmax - s[1], 0, hmax - s[0]]))
+        .collect();
+    (Tensor::stack(&padded, 0).to_device(device), sizes)
+}
+
+/// Crops every face from its picture in `x` with `alignment`: [faces, 3, h, w].
+fn crops(x: &Tensor, faces: &[(i64, FaceGeometry)], alignment: Alignment) -> Tensor {
+    let all: Vec<Tensor> = faces.iter().map(|(b, f)| alignment.crop(&x.narrow(0, *b, 1), f)).collect();
+    Tensor::cat(&all, 0)
+}
+
+/// Embeddings of every face for every ensemble member (and smoothed copies): one tensor per member.
+fn embed_all(config: &AttackConfig, ensemble: &[Member], x: &Tensor, faces: &[(i64, FaceGeometry)]) -> Vec<Tensor> {
+    let objective = &config.objective;
+    let mut out = Vec::new();
+    for member in ensemble {
+        let face_crops = crops(x, faces, member.alignment);
+        let mut views = vec![face_crops.shallow_clone()];
+        if let Some((kernel, sigma)) = objective.smoothing {
+            views.push(gaussian_blur(&face_crops, kernel, sigma));
+        }
+        for view in views {
+            let mut e = member.model.embed(&view);
+            if objective.flip {
+                e = e + member.model.embed(&view.flip([3]));
+            }
+            out.push(l2_normalise(&e));
+        }
+    }
+    out
+}
+
+fn l2_normalise(e: &Tensor) -> Tensor {
+    e / e.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12)
+}
+
+/// Per-face feature term, larger = better for the attacker (summed over members): [faces].
+fn feature_term(config: &AttackConfig, embeddings: &[Tensor], original: &[Tensor]) -> Tensor {
+    let mut total: Option<Tensor> = None;
+    for (m, (e, e0)) in embeddings.iter().zip(original).enumerate() {
+        let term = match (&config.objective.goal, config.objective.distance) {
+            (Goal::Toward(targets), _) => {
+                // Targets are given per model; smoothed copies share their model's target.
+                let t = &targets[m / members_per_model(config)];
+                let t = l2_normalise(&t.to_device(e.device()));
+                -((&t - e).norm_scalaropt_dim(2, [1i64].as_slice(), false) / t.norm_scalaropt_dim(2, [1i64].as_slice(), false))
+            }
+            (Goal::AwayFromCentroid(centres), _) => {
+                let c = l2_normalise(&centres[m / members_per_model(config)].to_device(e.device()).view([1, -1]));
+                (e - &c).square().sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+            }
+            (Goal::Away, Distance::MeanSquaredOverNorm) => {
+                (e - e0).square().mean_dim([1i64].as_slice(), false, Kind::Float) / e0.norm_scalaropt_dim(2, [1i64].as_slice(), false)
+            }
+            (Goal::Away, _) => {
+                (e - e0).square().sum_dim_intlist([1i64].as_slice(), false, Kind::Float) / e0.norm_scalaropt_dim(2, [1i64].as_slice(), false)
+            }
+        };
+        total = Some(match total {
+            Some(t) => t + term,
+            None => term,
+        });
+    }
+    total.expect("a non-empty ensemble")
+}
+
+fn members_per_model(config: &AttackConfig) -> usize {
+    1 + config.objective.smoothing.is_some() as usize
+}
+
+/// Sums (or takes the max of) per-face values into per-picture values: [pictures].
+fn per_picture(values: &Tensor, face_picture: &Tensor, n: i64, max: bool) -> Tensor {
+    let out = Tensor::zeros([n], (values.kind(), values.device()));
+    if max {
+        out.index_reduce(0, face_picture, values, "amax", true) // values are >= 0, so the zero start is harmless
+    } else {
+        out.index_add(0, face_picture, values)
+    }
+}
+
+/// Fawkes' adaptive weight: x2 under 0.9 th (cap 256), /2 over 1.1 th (floor 1/256), else 1.
+fn adapt_weight(weight: &Tensor, d: &Tensor, threshold: f64) -> Tensor {
+    let low = d.le(0.9 * threshold);
+    let high = d.ge(1.1 * threshold);
+    let ones = weight.ones_like();
+    (weight * 2.0).clamp_max(256.0).where_self(&low, &(weight / 2.0).clamp_min(1.0 / 256.0).where_self(&high, &ones))
+}
+
+/// Keeps, per picture, the iterate with the largest feature term among those within budget.
+fn record_best(config: &AttackConfig, x: &Tensor, feature: &Tensor, d: &Tensor, best: &mut (Tensor, Vec<f64>, Vec<f64>)) {
+    let limit = match (config.budget.dssim, config.budget.best_within) {
+        (Some(b), Some(k)) => b.threshold * k,
+        _ => f64::INFINITY,
+    };
+    let feature: Vec<f64> = Vec::try_from(feature.to_kind(Kind::Double).to_device(Device::Cpu)).expect("f64");
+    let d: Vec<f64> = Vec::try_from(d.to_kind(Kind::Double).to_device(Device::Cpu)).expect("f64");
+    for b in 0..feature.len() {
+        let within = d[b] <= limit;
+        let best_within = best.2[b] <= limit;
+        // Prefer any iterate within budget over one outside; then the larger feature term.
+        let better = (within && !best_within) || (within == best_within && feature[b] > best.1[b]) || best.1[b] == f64::NEG_INFINITY;
+        if better {
+            best.0.get(b as i64).copy_(&x.get(b as i64).detach());
+            best.1[b] = feature[b];
+            best.2[b] = d[b];
+        }
+    }
+}
+
+fn gaussian_blur(x: &Tensor, kernel: i64, sigma: f64) -> Tensor {
+    let taps: Vec<f32> = (0..kernel).map(|i| (-((i - kernel / 2) as f64).powi(2) / (2.0 * sigma * sigma)).exp() as f32).collect();
+    let g = Tensor::from_slice(&taps).to_device(x.device());
+    let g = &g / g.sum(Kind::Float);
+    let c = x.size()[1];
+    let pad = kernel / 2;
+    let padded = x.reflection_pad2d([pad, pad, pad, pad]);
+    padded
+        .conv2d(&g.view([1, 1, 1, kernel]).expand([c, 1, 1, kernel], false), None::<Tensor>, [1, 1], [0, 0], [1, 1], c)
+        .conv2d(&g.view([1, 1, kernel, 1]).expand([c, 1, kernel, 1], false), None::<Tensor>, [1, 1], [0, 0], [1, 1], c)
+}
+
+/// The optimised variable and the optimiser's memory.
+struct State {
+    variable: Tensor,
+    x0: Tensor,
+    /// tanh parameterisation: atanh of the original, so x = 255 (tanh(w0 + v) + 1) / 2.
+    w0: Option<Tensor>,
+    moments: (Tensor, Tensor),
+    lr_scale: f64,
+}
+
+impl State {
+    fn new(config: &AttackConfig, x0: &Tensor, _device: Device) -> State {
+        let noise = (x0.rand_like() * 2.0 - 1.0) * config.init_noise;
+        let (variable, w0) = match config.parameterisation {
+            Parameterisation::Direct => ((x0 + noise).clamp(0.0, 255.0), None),
+            Parameterisation::Tanh => (noise, Some((x0 / 127.5 - 1.0).clamp(-1.0 + 1e-6, 1.0 - 1e-6).atanh())),
+        };
+        State { variable: variable.set_requires_grad(true), x0: x0.shallow_clone(), w0, moments: (x0.zeros_like(), x0.zeros_like()), lr_scale: 1.0 }
+    }
+
+    fn pixels(&self) -> Tensor {
+        match &self.w0 {
+            None => self.variable.shallow_clone(),
+            Some(w0) => ((w0 + &self.variable).tanh() + 1.0) * 127.5,
+        }
+    }
+
+    /// One optimiser step on `loss`, then the L-inf cap and the valid range.
+    fn step(&mut self, loss: &Tensor, step: usize, config: &AttackConfig) {
+        if let Some((every, factor)) = config.lr_decay
+            && step > 0
+            && step % every == 0
+        {
+            self.lr_scale *= factor;
+        }
+        self.variable.zero_grad();
+        loss.backward();
+        tch::no_grad(|| {
+            let g = self.variable.grad();
+            let update = match config.optimiser {
+                Optimiser::Signed { step } => g.sign() * step,
+                Optimiser::Adadelta { lr } => {
+                    // TensorFlow's Adadelta (rho 0.95, epsilon 1e-7), as Fawkes uses.
+                    let (acc_g, acc_d) = &mut self.moments;
+                    *acc_g = &*acc_g * 0.95 + g.square() * 0.05;
+                    let delta = ((&*acc_d + 1e-7).sqrt() / (&*acc_g + 1e-7).sqrt()) * &g;
+                    *acc_d = &*acc_d * 0.95 + delta.square() * 0.05;
+                    delta * (lr * self.lr_scale)
+                }
+                Optimiser::Adam { lr } => {
+                    let t = (step + 1) as f64;
+                    let (m, v) = &mut self.moments;
+                    *m = &*m * 0.9 + &g * 0.1;
+                    *v = &*v * 0.999 + g.square() * 0.001;
+                    let m_hat = &*m / (1.0 - 0.9f64.powf(t));
+                    let v_hat = &*v / (1.0 - 0.999f64.powf(t));
+                    m_hat / (v_hat.sqrt() + 1e-8) * (lr * self.lr_scale)
+                }
+            };
+            let _ = self.variable.f_sub_(&update).expect("in-place update");
+            self.project(config.budget.linf);
+        });
+    }
+
+    /// Applies the L-inf cap and the 0..255 range, in pixel space, back onto the variable.
+    fn project(&mut self, linf: Option<f64>) {
+        let mut x = self.pixels().detach();
+        if let Some(eps) = linf {
+            x = &self.x0 + (&x - &self.x0).clamp(-eps, eps);
+        }
+        x = x.clamp(0.0, 255.0);
+        let new = match &self.w0 {
+            None => x,
+            Some(w0) => (&x / 127.5 - 1.0).clamp(-1.0 + 1e-6, 1.0 - 1e-6).atanh() - w0,
+        };
+        let _ = self.variable.f_copy_(&new).expect("in-place copy");
+    }
+}

@@ -1,0 +1,91 @@
+//! Invariants of the attack engine that can fail: budgets hold, pixels stay valid, seeds
+//! reproduce, and a cloak moves the attacker's features far more than noise of the same size.
+
+use cloakbench::cloak::{engine, methods};
+use cloakbench::detect::align::{Alignment, DLIB_MEAN_FACE, FaceGeometry};
+use cloakbench::models::{self, FaceModel};
+use tch::{Device, Kind, Tensor};
+
+use crate::golden::golden_batch;
+
+/// Two golden dlib chips, the second placed at an offset in a larger canvas, with faces whose
+/// landmarks sit on dlib's template (so the dlib chip of each is the chip itself).
+fn targets() -> Option<Vec<engine::Target>> {
+    let (chips, _) = golden_batch("dlib_resnet29_150", "embeddings")?;
+    let template = DLIB_MEAN_FACE.map(|[x, y]| [(0.25 + x) / 1.5 * 150.0, (0.25 + y) / 1.5 * 150.0]);
+    let face = |dx: f64, dy: f64| FaceGeometry { bbox: [25.0 + dx, 20.0 + dy, 125.0 + dx, 135.0 + dy], landmarks: template.map(|[x, y]| [x + dx, y + dy]) };
+    let big = Tensor::full([3, 190, 210], 128.0, (Kind::Float, Device::Cpu));
+    big.narrow(1, 30, 150).narrow(2, 40, 150).copy_(&chips.get(2));
+    Some(vec![
+        engine::Target { pixels: chips.get(0), faces: vec![face(0.0, 0.0)] },
+        engine::Target { pixels: big, faces: vec![face(40.0, 30.0)] },
+    ])
+}
+
+fn fawkes(mode: &str, steps: usize, seed: i64) -> engine::AttackConfig {
+    let mut cfg = methods::config(methods::Method::Fawkes, mode, seed).unwrap();
+    cfg.steps = steps; // the schedule shortened to keep the test suite fast on two CPU cores
+    cfg
+}
+
+fn dlib() -> Box<dyn FaceModel> {
+    models::load("dlib_resnet29_150", Device::Cpu).unwrap()
+}
+
+fn chip_embedding(model: &dyn FaceModel, pixels: &Tensor, face: &FaceGeometry) -> Tensor {
+    let chip = Alignment::DlibChip { size: 150, padding: 0.25 }.crop(&pixels.unsqueeze(0), face);
+    tch::no_grad(|| model.embed(&chip))
+}
+
+#[test]
+fn fawkes_respects_dssim_linf_and_pixel_range() {
+    let Some(targets) = targets() else { return };
+    let model = dlib();
+    let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
+    let cfg = fawkes("high", 30, 0);
+    let out = engine::run(&cfg, &ensemble, &targets, Device::Cpu);
+    for (t, c) in targets.iter().zip(&out) {
+        assert_eq!(c.pixels.size(), t.pixels.size());
+        let linf = (&c.pixels - &t.pixels).abs().max().double_value(&[]);
+        assert!(linf <= 15.0 + 1e-3, "L-inf {linf} over the 15/255 cap");
+        assert!(c.pixels.min().double_value(&[]) >= 0.0 && c.pixels.max().double_value(&[]) <= 255.0);
+        // Recompute DSSIM independently on the budget crop.
+        let crop = Alignment::SquareBox { size: 112, margin: 30.0 };
+        let d = cloakbench::cloak::ssim::dssim(&crop.crop(&c.pixels.unsqueeze(0), &t.faces[0]), &crop.crop(&t.pixels.unsqueeze(0), &t.faces[0]), 255.0).double_value(&[0]);
+        assert!(d <= 1.1 * 0.017 + 1e-6, "DSSIM {d} over 1.1 x threshold");
+        assert!((d - c.dssim).abs() < 1e-4 && c.within_budget, "reported DSSIM {} vs {d}", c.dssim);
+        assert!(linf > 1.0, "the cloak did nothing");
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_cloak() {
+    let Some(targets) = targets() else { return };
+    let model = dlib();
+    let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
+    let a = engine::run(&fawkes("low", 5, 7), &ensemble, &targets, Device::Cpu);
+    let b = engine::run(&fawkes("low", 5, 7), &ensemble, &targets, Device::Cpu);
+    let c = engine::run(&fawkes("low", 5, 8), &ensemble, &targets, Device::Cpu);
+    for i in 0..2 {
+        assert!(a[i].pixels.equal(&b[i].pixels), "picture {i}: same seed, different cloak");
+    }
+    assert!(!a[0].pixels.equal(&c[0].pixels), "the seed has no effect");
+}
+
+#[test]
+fn a_cloak_moves_features_far_more_than_noise_of_the_same_size() {
+    let Some(targets) = targets() else { return };
+    let model = dlib();
+    let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
+    let out = engine::run(&fawkes("high", 30, 0), &ensemble, &targets, Device::Cpu);
+    tch::manual_seed(3);
+    for (t, c) in targets.iter().zip(&out) {
+        let linf = (&c.pixels - &t.pixels).abs().max().double_value(&[]);
+        let noise = ((t.pixels.rand_like() * 2.0 - 1.0).sign() * linf + &t.pixels).clamp(0.0, 255.0);
+        let e0 = chip_embedding(model.as_ref(), &t.pixels, &t.faces[0]);
+        let moved = (chip_embedding(model.as_ref(), &c.pixels, &t.faces[0]) - &e0).norm().double_value(&[]);
+        let jittered = (chip_embedding(model.as_ref(), &noise, &t.faces[0]) - &e0).norm().double_value(&[]);
+        eprintln!("cloak moved the dlib embedding by {moved:.3}, noise of the same L-inf ({linf:.1}) by {jittered:.3}");
+        assert!(moved > 3.0 * jittered, "cloak {moved} vs noise {jittered}");
+    }
+}
