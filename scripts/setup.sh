@@ -97,3 +97,14 @@ if [ ! -f "$MODELS/dlib_resnet29_150.safetensors" ]; then
 else
     say "model dlib_resnet29_150 ready"
 fi
+
+# MTCNN (PyPI wheel facenet-pytorch==2.6.0: P-, R- and O-Net state dicts), MIT
+if [ ! -f "$MODELS/mtcnn.safetensors" ]; then
+    pkg=$(fetch_pypi_wheel facenet-pytorch==2.6.0)
+    install_model mtcnn convert_mtcnn.py \
+        "$pkg/facenet_pytorch/data/pnet.pt:a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f" \
+        "$pkg/facenet_pytorch/data/rnet.pt:bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86" \
+        "$pkg/facenet_pytorch/data/onet.pt:165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"
+else
+    say "detector mtcnn ready"
+fi

@@ -1,3 +1,4 @@
-//! Faces: finding them (MTCNN) and cropping them the way each model expects ([`align`]).
+//! Faces: finding them ([`mtcnn`]) and cropping them the way each model expects ([`align`]).
 
 pub mod align;
+pub mod mtcnn;

@@ -6,6 +6,7 @@
 
 mod bad_inputs;
 mod cloak;
+mod detect;
 mod baseline;
 mod golden;
 mod resume;
