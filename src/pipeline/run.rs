@@ -105,10 +105,13 @@ fn is_done<'a>(dir: &Location, state_key: &str, fingerprint: &str, outputs: impl
 }
 
 /// SHA-256 over the code version, the stage kind, its configuration, its inputs' fingerprints
-/// and any extra material the stage supplies.
+/// and any extra material the stage supplies. The documented schemas are part of the code
+/// version: a table layout change must not reuse tables written in the old layout.
 fn fingerprint(kind: &str, config: &toml::Table, inputs: &[(String, String)], extra: &str) -> String {
+    let schemas: Vec<_> = table::all_schemas().iter().map(|s| format!("{s:?}")).collect();
     let material = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "schemas": hex(&Sha256::digest(schemas.concat().as_bytes())),
         "kind": kind,
         "config": config,
         "inputs": inputs,
