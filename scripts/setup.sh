@@ -108,3 +108,12 @@ if [ ! -f "$MODELS/mtcnn.safetensors" ]; then
 else
     say "detector mtcnn ready"
 fi
+
+# faceplugin MobileFaceNet-512 (npm faceplugin-face-recognition-js@0.0.1, ONNX), MIT
+if [ ! -f "$MODELS/faceplugin_mbf512_112.safetensors" ]; then
+    pkg=$(fetch_npm faceplugin-face-recognition-js@0.0.1)
+    install_model faceplugin_mbf512_112 convert_onnx.py \
+        "$pkg/model/fr_feature.onnx:87aacdfe57510db2af90c0251df680e8eec88f122ee94712121d09bcaaaf3581"
+else
+    say "model faceplugin_mbf512_112 ready"
+fi

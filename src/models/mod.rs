@@ -16,6 +16,7 @@
 
 pub mod card;
 pub mod dlib_resnet29;
+pub mod faceplugin_mbf;
 pub mod torchscript;
 
 use std::path::PathBuf;
@@ -33,7 +34,10 @@ pub trait FaceModel: Send {
     fn device(&self) -> Device;
 }
 
-const CARDS: &[&str] = &[include_str!("cards/dlib_resnet29_150.toml")];
+const CARDS: &[&str] = &[
+    include_str!("cards/dlib_resnet29_150.toml"),
+    include_str!("cards/faceplugin_mbf512_112.toml"),
+];
 
 /// Every model card: the zoo's, then the user's (`<id>.toml` files in the models folder).
 pub fn cards() -> Result<Vec<ModelCard>> {
@@ -94,6 +98,7 @@ pub fn load(id: &str, device: Device) -> Result<Box<dyn FaceModel>> {
     let mut vs = nn::VarStore::new(device);
     let model: Box<dyn FaceModel> = match id {
         "dlib_resnet29_150" => Box::new(dlib_resnet29::DlibResNet29::new(&vs.root(), card)),
+        "faceplugin_mbf512_112" => Box::new(faceplugin_mbf::FacepluginMbf::new(&vs.root(), card)),
         _ => bail!("model {id} has a card but no architecture"),
     };
     vs.load(&path).with_context(|| format!("{}: cannot load weights", path.display()))?;
