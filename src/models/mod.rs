@@ -17,6 +17,8 @@
 pub mod card;
 pub mod dlib_resnet29;
 pub mod faceplugin_mbf;
+pub mod layers;
+pub mod mobilefacenet_tflite;
 pub mod torchscript;
 
 use std::path::PathBuf;
@@ -37,6 +39,7 @@ pub trait FaceModel: Send {
 const CARDS: &[&str] = &[
     include_str!("cards/dlib_resnet29_150.toml"),
     include_str!("cards/faceplugin_mbf512_112.toml"),
+    include_str!("cards/mobilefacenet_sirius_tflite_112.toml"),
 ];
 
 /// Every model card: the zoo's, then the user's (`<id>.toml` files in the models folder).
@@ -99,6 +102,7 @@ pub fn load(id: &str, device: Device) -> Result<Box<dyn FaceModel>> {
     let model: Box<dyn FaceModel> = match id {
         "dlib_resnet29_150" => Box::new(dlib_resnet29::DlibResNet29::new(&vs.root(), card)),
         "faceplugin_mbf512_112" => Box::new(faceplugin_mbf::FacepluginMbf::new(&vs.root(), card)),
+        "mobilefacenet_sirius_tflite_112" => Box::new(mobilefacenet_tflite::MobileFaceNetTflite::new(&vs.root(), card)),
         _ => bail!("model {id} has a card but no architecture"),
     };
     vs.load(&path).with_context(|| format!("{}: cannot load weights", path.display()))?;

@@ -107,3 +107,4 @@ macro_rules! model_tests {
 
 model_tests!(dlib_resnet29_150, "dlib_resnet29_150");
 model_tests!(faceplugin_mbf512_112, "faceplugin_mbf512_112");
+model_tests!(mobilefacenet_sirius_tflite_112, "mobilefacenet_sirius_tflite_112");
