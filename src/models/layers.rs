@@ -27,14 +27,17 @@ impl Conv {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self.pad {
             Pad::Symmetric(_) => self.conv.forward(x),
-            Pad::Same => {
-                let size = x.size();
-                let ((top, bottom), _) = same_padding(size[2], self.kernel, self.stride);
-                let ((left, right), _) = same_padding(size[3], self.kernel, self.stride);
-                self.conv.forward(&x.constant_pad_nd([left, right, top, bottom]))
-            }
+            Pad::Same => self.conv.forward(&pad_same(x, self.kernel, self.stride)),
         }
     }
+}
+
+/// Pads `x` ([N, C, H, W]) as TensorFlow's "SAME" does before a `kernel`/`stride` window.
+pub fn pad_same(x: &Tensor, kernel: i64, stride: i64) -> Tensor {
+    let size = x.size();
+    let ((top, bottom), _) = same_padding(size[2], kernel, stride);
+    let ((left, right), _) = same_padding(size[3], kernel, stride);
+    if top + bottom + left + right == 0 { x.shallow_clone() } else { x.constant_pad_nd([left, right, top, bottom]) }
 }
 
 /// TensorFlow's SAME padding of one dimension: ((before, after), output size).

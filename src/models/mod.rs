@@ -17,7 +17,9 @@
 pub mod card;
 pub mod dlib_resnet29;
 pub mod faceplugin_mbf;
+pub mod hse_mobilenet;
 pub mod layers;
+pub mod mobileface;
 pub mod mobilefacenet_tflite;
 pub mod torchscript;
 
@@ -40,6 +42,9 @@ const CARDS: &[&str] = &[
     include_str!("cards/dlib_resnet29_150.toml"),
     include_str!("cards/faceplugin_mbf512_112.toml"),
     include_str!("cards/mobilefacenet_sirius_tflite_112.toml"),
+    include_str!("cards/hse_faceres_mobilenet_224.toml"),
+    include_str!("cards/hse_faceres_mobilenet_224_rgb255.toml"),
+    include_str!("cards/mobileface_becauseofai_112.toml"),
 ];
 
 /// Every model card: the zoo's, then the user's (`<id>.toml` files in the models folder).
@@ -103,6 +108,9 @@ pub fn load(id: &str, device: Device) -> Result<Box<dyn FaceModel>> {
         "dlib_resnet29_150" => Box::new(dlib_resnet29::DlibResNet29::new(&vs.root(), card)),
         "faceplugin_mbf512_112" => Box::new(faceplugin_mbf::FacepluginMbf::new(&vs.root(), card)),
         "mobilefacenet_sirius_tflite_112" => Box::new(mobilefacenet_tflite::MobileFaceNetTflite::new(&vs.root(), card)),
+        "hse_faceres_mobilenet_224" => Box::new(hse_mobilenet::HseMobileNet::new(&vs.root(), card, hse_mobilenet::Preprocessing::HseBgrMeans)),
+        "hse_faceres_mobilenet_224_rgb255" => Box::new(hse_mobilenet::HseMobileNet::new(&vs.root(), card, hse_mobilenet::Preprocessing::Rgb255)),
+        "mobileface_becauseofai_112" => Box::new(mobileface::MobileFace::new(&vs.root(), card)),
         _ => bail!("model {id} has a card but no architecture"),
     };
     vs.load(&path).with_context(|| format!("{}: cannot load weights", path.display()))?;
