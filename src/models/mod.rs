@@ -16,6 +16,7 @@
 
 pub mod card;
 pub mod dlib_resnet29;
+pub mod facenet_irv1;
 pub mod faceplugin_mbf;
 pub mod hse_mobilenet;
 pub mod layers;
@@ -40,6 +41,7 @@ pub trait FaceModel: Send {
 
 const CARDS: &[&str] = &[
     include_str!("cards/dlib_resnet29_150.toml"),
+    include_str!("cards/facenet_casia_irv1_160.toml"),
     include_str!("cards/faceplugin_mbf512_112.toml"),
     include_str!("cards/mobilefacenet_sirius_tflite_112.toml"),
     include_str!("cards/hse_faceres_mobilenet_224.toml"),
@@ -106,6 +108,7 @@ pub fn load(id: &str, device: Device) -> Result<Box<dyn FaceModel>> {
     let mut vs = nn::VarStore::new(device);
     let model: Box<dyn FaceModel> = match id {
         "dlib_resnet29_150" => Box::new(dlib_resnet29::DlibResNet29::new(&vs.root(), card)),
+        "facenet_casia_irv1_160" => Box::new(facenet_irv1::FacenetIrv1::new(&vs.root(), card)),
         "faceplugin_mbf512_112" => Box::new(faceplugin_mbf::FacepluginMbf::new(&vs.root(), card)),
         "mobilefacenet_sirius_tflite_112" => Box::new(mobilefacenet_tflite::MobileFaceNetTflite::new(&vs.root(), card)),
         "hse_faceres_mobilenet_224" => Box::new(hse_mobilenet::HseMobileNet::new(&vs.root(), card, hse_mobilenet::Preprocessing::HseBgrMeans)),

@@ -111,6 +111,7 @@ macro_rules! model_tests {
 }
 
 model_tests!(dlib_resnet29_150, "dlib_resnet29_150");
+model_tests!(facenet_casia_irv1_160, "facenet_casia_irv1_160");
 model_tests!(faceplugin_mbf512_112, "faceplugin_mbf512_112");
 model_tests!(mobilefacenet_sirius_tflite_112, "mobilefacenet_sirius_tflite_112");
 model_tests!(hse_faceres_mobilenet_224, "hse_faceres_mobilenet_224", "hse_faceres_mobilenet_224", "embeddings_hse_original_preprocessing/embeddings");
