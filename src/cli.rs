@@ -39,6 +39,43 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Cloak your own photos: files or folders in, `<stem>_cloaked.<ext>` out. Every face in
+    /// every picture is protected; originals are never touched; pictures already cloaked are
+    /// skipped. Exit code 3: no picture found; 2: no face found.
+    Cloak {
+        /// Pictures or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "fawkes")]
+        method: MethodArg,
+        /// Strength: fawkes low|mid|high; fawkes_v03 needs a pipeline (it picks a target identity).
+        #[arg(long)]
+        mode: Option<String>,
+        /// The attacker's models, comma-separated (default depends on the method and mode).
+        #[arg(long, value_delimiter = ',')]
+        ensemble: Option<Vec<String>>,
+        #[arg(long, value_enum, default_value = "png")]
+        format: crate::cloak::cloaker::OutputFormat,
+        /// JPEG quality when --format jpg.
+        #[arg(long, default_value_t = 95)]
+        jpeg_quality: u8,
+        /// Write the cloaked pictures here instead of beside the originals.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Look into sub-folders too.
+        #[arg(long)]
+        recursive: bool,
+        /// Pictures optimised together.
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        /// auto, cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// The face models of the zoo.
     Models {
         #[command(subcommand)]
@@ -81,6 +118,13 @@ enum BenchCommand {
     },
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum MethodArg {
+    Fawkes,
+    Lowkey,
+    Anticluster,
+}
+
 #[derive(Subcommand, Debug)]
 enum ModelsCommand {
     /// Installed models with input size, output dimension, source and licence.
@@ -103,6 +147,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { pipeline, set, run_root, force, quiet } => run(&pipeline, set, run_root, RunOptions { force, quiet }),
         Command::Models { command: ModelsCommand::List } => models_list(),
+        Command::Cloak { paths, method, mode, ensemble, format, jpeg_quality, out, recursive, batch_size, seed, device, quiet } => {
+            let method = match method {
+                MethodArg::Fawkes => crate::cloak::methods::Method::Fawkes,
+                MethodArg::Lowkey => crate::cloak::methods::Method::Lowkey,
+                MethodArg::Anticluster => crate::cloak::methods::Method::Anticluster,
+            };
+            crate::cloak::command::run(&crate::cloak::command::Request {
+                paths, method, mode, ensemble, format, jpeg_quality, out, recursive, batch_size, seed, device, quiet,
+            })
+        }
         Command::Stages => stages(),
         Command::Bench { command: BenchCommand::Baseline { dataset, model, batch_size, device } } => {
             crate::bench::baseline(&dataset, &model, batch_size, &device)

@@ -43,6 +43,11 @@ pub struct Detect {
     /// Ratio between pyramid levels.
     #[serde(default = "default_factor")]
     pub scale_factor: f64,
+    /// Shrink pictures whose longer side exceeds this before detecting (coordinates are mapped
+    /// back to the original pixels). MTCNN's cost grows with the picture's area while faces in
+    /// portrait crops are large; unset, every picture is searched at full size.
+    #[serde(default)]
+    pub max_side: Option<u32>,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
@@ -109,7 +114,7 @@ impl Stage for Detect {
                             rows.push(Row { image_id: id, status: "error", error: Some(reason), face: None });
                         }
                         Ok(rgb) => {
-                            let faces = detector.detect(&rgb, &settings);
+                            let faces = detect_within(&detector, &rgb, &settings, self.max_side);
                             if faces.is_empty() {
                                 no_face += 1;
                                 rows.push(Row { image_id: id.clone(), status: "no_face", error: None, face: None });
@@ -130,6 +135,29 @@ impl Stage for Detect {
         parts.finish(pictures.len().div_ceil(part_size))?;
         ctx.report.push(format!("detect: {n_faces} faces in {} pictures; {no_face} without a face, {errors} unreadable", pictures.len()));
         Ok(())
+    }
+}
+
+/// Detects on the picture shrunk to `max_side` (if larger), in original pixel coordinates.
+fn detect_within(detector: &mtcnn::Mtcnn, rgb: &image::RgbImage, settings: &mtcnn::Settings, max_side: Option<u32>) -> Vec<mtcnn::Face> {
+    let longer = rgb.width().max(rgb.height());
+    match max_side {
+        Some(limit) if longer > limit => {
+            let s = limit as f32 / longer as f32;
+            let (w, h) = (((rgb.width() as f32 * s).round() as u32).max(1), ((rgb.height() as f32 * s).round() as u32).max(1));
+            let small = crate::io::image::resize(rgb, w, h);
+            let (sx, sy) = (rgb.width() as f32 / w as f32, rgb.height() as f32 / h as f32);
+            detector
+                .detect(&small, settings)
+                .into_iter()
+                .map(|f| mtcnn::Face {
+                    score: f.score,
+                    bbox: [f.bbox[0] * sx, f.bbox[1] * sy, f.bbox[2] * sx, f.bbox[3] * sy],
+                    landmarks: f.landmarks.map(|[x, y]| [x * sx, y * sy]),
+                })
+                .collect()
+        }
+        _ => detector.detect(rgb, settings),
     }
 }
 

@@ -56,6 +56,8 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
     ("metrics", include_str!("../../schemas/metrics.toml")),
     ("faces", include_str!("../../schemas/faces.toml")),
     ("verification", include_str!("../../schemas/verification.toml")),
+    ("cloaks", include_str!("../../schemas/cloaks.toml")),
+    ("cloak_shifts", include_str!("../../schemas/cloak_shifts.toml")),
 ];
 
 /// The documented schema called `name` (the `table` key of its TOML file).

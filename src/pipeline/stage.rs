@@ -53,6 +53,7 @@ pub fn kinds() -> &'static [Kind] {
         crate::io::ingest::KIND,
         crate::train::split::KIND,
         crate::detect::KIND,
+        crate::cloak::KIND,
         crate::embed::KIND,
         crate::train::classify::KIND,
         crate::evaluate::KIND,
