@@ -40,7 +40,7 @@ pub struct Request {
 pub fn run(req: &Request) -> Result<ExitCode> {
     let pictures = find_pictures(req)?;
     if pictures.is_empty() {
-        eprintln!("cloakbench cloak: no picture to cloak in {:?} (looked for {EXTENSIONS:?}, skipping *_cloaked.*)", req.paths);
+        eprintln!("cloakbench cloak: no picture left to cloak in {:?} (looked for {EXTENSIONS:?}; *_cloaked.* files and pictures whose cloaked copy exists are skipped)", req.paths);
         return Ok(ExitCode::from(3));
     }
     let device = crate::models::device(&req.device)?;

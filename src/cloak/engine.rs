@@ -281,12 +281,13 @@ fn members_per_model(config: &AttackConfig) -> usize {
 
 /// Sums (or takes the max of) per-face values into per-picture values: [pictures].
 fn per_picture(values: &Tensor, face_picture: &Tensor, n: i64, max: bool) -> Tensor {
-    let out = Tensor::zeros([n], (values.kind(), values.device()));
-    if max {
-        out.index_reduce(0, face_picture, values, "amax", true) // values are >= 0, so the zero start is harmless
-    } else {
-        out.index_add(0, face_picture, values)
+    if !max {
+        return Tensor::zeros([n], (values.kind(), values.device())).index_add(0, face_picture, values);
     }
+    // membership [pictures, faces]: the max over each picture's own faces (values are >= 0).
+    let pictures = Tensor::arange(n, (tch::Kind::Int64, values.device())).unsqueeze(1);
+    let member = pictures.eq_tensor(&face_picture.unsqueeze(0)).to_kind(values.kind());
+    (values.unsqueeze(0) * &member + (member - 1.0) * 1e9).amax([1i64].as_slice(), false).clamp_min(0.0)
 }
 
 /// Fawkes' adaptive weight: x2 under 0.9 th (cap 256), /2 over 1.1 th (floor 1/256), else 1.

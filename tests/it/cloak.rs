@@ -89,3 +89,67 @@ fn a_cloak_moves_features_far_more_than_noise_of_the_same_size() {
         assert!(moved > 3.0 * jittered, "cloak {moved} vs noise {jittered}");
     }
 }
+
+/// A plain grey picture: no face in it.
+fn faceless_png() -> Vec<u8> {
+    let mut out = Vec::new();
+    image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
+    out
+}
+
+#[test]
+fn the_cloak_command_protects_a_folder_and_keeps_the_originals() {
+    let Some(fixture) = crate::shared("datasets/fixture_facescrub12x10") else { return };
+    let dir = crate::scratch("cloak-command");
+    let photo = std::fs::read_dir(fixture.join("Bill_Hader")).unwrap().next().unwrap().unwrap().path();
+    let original = std::fs::read(&photo).unwrap();
+    std::fs::write(dir.join("me.jpg"), &original).unwrap();
+    let bin = env!("CARGO_BIN_EXE_cloakbench");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+
+    let out = run(&["cloak", dir.to_str().unwrap(), "--mode", "low", "--quiet"]);
+    assert!(out.status.success(), "{}", crate::text(&out.stderr));
+    let cloaked = dir.join("me_cloaked.png");
+    assert!(cloaked.exists());
+    assert_eq!(std::fs::read(dir.join("me.jpg")).unwrap(), original, "the original was changed");
+    let a = cloakbench::io::image::decode(&original, &Default::default()).unwrap().rgb;
+    let b = cloakbench::io::image::decode(&std::fs::read(&cloaked).unwrap(), &Default::default()).unwrap().rgb;
+    assert_eq!(a.dimensions(), b.dimensions());
+    let linf = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (*x as i32 - *y as i32).abs()).max().unwrap();
+    assert!((1..=15).contains(&linf), "L-inf {linf} outside (0, 15]");
+
+    // Already cloaked: nothing left to do (exit 3); a folder of faceless pictures: exit 2.
+    assert_eq!(run(&["cloak", dir.to_str().unwrap(), "--quiet"]).status.code(), Some(3));
+    let faceless = dir.join("faceless");
+    std::fs::create_dir_all(&faceless).unwrap();
+    std::fs::write(faceless.join("wall.png"), faceless_png()).unwrap();
+    assert_eq!(run(&["cloak", faceless.to_str().unwrap(), "--quiet"]).status.code(), Some(2));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn the_cloak_stage_swaps_only_the_protected_training_pictures() {
+    let Some(_) = crate::shared("datasets/fixture_facescrub12x10") else { return };
+    let root = crate::scratch("cloak-stage");
+    crate::cloakbench(&["run", "pipelines/protect.toml", "--quiet", "--set", "cloak.steps=8", "--run-root", root.to_str().unwrap()], &[]);
+    let code = format!(
+        r#"
+import polars as pl
+d = {dir:?}
+images, cloaked, splits = (pl.read_parquet(f"{{d}}/{{t}}.parquet") for t in ("images", "cloaked_images", "splits"))
+cloaks = pl.read_parquet(f"{{d}}/cloaks.parquet")
+changed = images.join(cloaked, on="image_id", suffix="_c").filter(pl.col("uri") != pl.col("uri_c"))["image_id"]
+target = splits.filter(pl.col("protected") & (pl.col("split") == "train"))["image_id"]
+assert set(changed) == set(target), "cloaked pictures are not exactly the protected user's training pictures"
+assert set(cloaks["image_id"]) == set(target)
+assert (cloaks["dssim"] <= 1.1 * 0.017 + 1e-3).all(), cloaks["dssim"]
+assert (cloaks["linf"] <= 15.5).all(), cloaks["linf"]
+assert pl.read_parquet(f"{{d}}/cloak_shifts.parquet").height == 7 * len(target)
+print("ok", len(target))
+"#,
+        dir = root.join("protect")
+    );
+    let out = std::process::Command::new(crate::python()).args(["-c", &code]).output().unwrap();
+    assert!(out.status.success(), "{}{}", crate::text(&out.stdout), crate::text(&out.stderr));
+    std::fs::remove_dir_all(root).ok();
+}
