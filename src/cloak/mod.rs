@@ -12,6 +12,7 @@ pub mod cloaker;
 pub mod command;
 pub mod engine;
 pub mod methods;
+pub mod reencode;
 pub mod ssim;
 
 use std::collections::{BTreeMap, HashMap};
@@ -319,10 +320,11 @@ pub fn cloaked_path(rel_path: &str, format: OutputFormat) -> String {
     if dir.is_empty() { name } else { format!("{dir}/{name}") }
 }
 
-type Replacement = (String, String, u64, String, &'static str, (u32, u32));
+/// New location, relative path, size, sha256, format and dimensions of a swapped picture.
+pub(crate) type Replacement = (String, String, u64, String, &'static str, (u32, u32));
 
 /// The images table with cloaked pictures' location, size and digest swapped in.
-fn swap_images(images: &[RecordBatch], replaced: &HashMap<String, Replacement>) -> Result<Vec<RecordBatch>> {
+pub(crate) fn swap_images(images: &[RecordBatch], replaced: &HashMap<String, Replacement>) -> Result<Vec<RecordBatch>> {
     images
         .iter()
         .map(|b| {

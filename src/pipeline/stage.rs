@@ -54,6 +54,7 @@ pub fn kinds() -> &'static [Kind] {
         crate::train::split::KIND,
         crate::detect::KIND,
         crate::cloak::KIND,
+        crate::cloak::reencode::KIND,
         crate::embed::KIND,
         crate::train::classify::KIND,
         crate::evaluate::KIND,
