@@ -150,3 +150,87 @@ fn collect_zoo_figures(dir: &crate::io::Location, plan: &pipeline::Plan, rows: &
     }
     Ok(())
 }
+
+/// Seconds per picture of each cloak method at several batch sizes, beside the same Fawkes
+/// attack written in plain PyTorch (scripts/reference/fawkes_attack.py) on the same weights.
+///
+/// Every method runs `steps` optimisation steps (a short run, to keep the benchmark minutes
+/// long); the per-step time is projected onto each method's own schedule.
+pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize], device_name: &str) -> Result<ExitCode> {
+    use crate::cloak::{engine, methods};
+    use crate::detect::align::{Alignment, DLIB_MEAN_FACE, FaceGeometry};
+    let device = crate::models::device(device_name)?;
+    let golden = std::path::Path::new("../shared/golden/dlib_resnet29_150/inputs");
+    let png = std::fs::read_dir(golden)
+        .with_context(|| format!("{}: the benchmark picture comes from the golden inputs", golden.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .min()
+        .context("no golden PNG")?;
+    let rgb = crate::io::image::decode(&std::fs::read(&png)?, &Default::default())?.rgb;
+    let [h, w] = size;
+    let picture = crate::io::image::resize(&rgb, w, h);
+    let pixels = Tensor::from_slice(&crate::io::image::to_chw_f32(&picture)).view([3, h as i64, w as i64]);
+    // The face's dlib chip is the picture's central square of 0.8 x the shorter side (as in the script).
+    let side = h.min(w) as f64 * 0.8;
+    let (s, x0, y0) = (side / 150.0, (w as f64 - side) / 2.0, (h as f64 - side) / 2.0);
+    let to_picture = |[x, y]: [f64; 2]| [x0 + (x + 0.5) * s - 0.5, y0 + (y + 0.5) * s - 0.5];
+    let landmarks = DLIB_MEAN_FACE.map(|[x, y]| to_picture([(0.25 + x) / 1.5 * 150.0, (0.25 + y) / 1.5 * 150.0]));
+    let face = FaceGeometry { bbox: [x0, y0, x0 + side, y0 + side], landmarks };
+    let model = crate::models::load("dlib_resnet29_150", device)?;
+    let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
+
+    println!("cloakbench bench cloak: {w}x{h} pictures, {pictures} per measurement, {steps} steps, ensemble dlib_resnet29_150, device {device:?}, {} threads", tch::get_num_threads());
+    println!("{:<22} {:>6} {:>14} {:>16} {:>12}", "method", "batch", "s/pic/step", "s/pic (schedule)", "pictures/s");
+    let mut fawkes_best = f64::INFINITY;
+    let mut fawkes_batch1 = f64::NAN;
+    for (method, mode) in [(methods::Method::Fawkes, "low"), (methods::Method::Fawkes, "mid"), (methods::Method::Fawkes, "high"), (methods::Method::Lowkey, "default")] {
+        let schedule = methods::config(method, mode, 0)?.steps;
+        for &batch in batch_sizes {
+            let mut cfg = methods::config(method, mode, 0)?;
+            cfg.steps = steps;
+            let targets: Vec<engine::Target> = (0..batch).map(|_| engine::Target { pixels: pixels.shallow_clone(), faces: vec![face] }).collect();
+            engine::run(&cfg, &ensemble, &targets[..1], device); // warm-up
+            let t = Instant::now();
+            let mut done = 0;
+            while done < pictures {
+                let n = batch.min(pictures - done);
+                engine::run(&cfg, &ensemble, &targets[..n], device);
+                done += n;
+            }
+            let per_step = t.elapsed().as_secs_f64() / pictures as f64 / steps as f64;
+            let per_picture = per_step * schedule as f64;
+            if method == methods::Method::Fawkes {
+                fawkes_best = fawkes_best.min(per_step);
+                if batch == 1 {
+                    fawkes_batch1 = per_step;
+                }
+            }
+            println!("{:<22} {batch:>6} {per_step:>14.4} {per_picture:>16.2} {:>12.3}", format!("{} {mode} ({schedule})", method.name()), 1.0 / per_picture);
+        }
+    }
+    // The plain PyTorch reference, same picture, size, steps and threads.
+    let weights = crate::models::weights_path(&crate::models::card("dlib_resnet29_150")?)?;
+    let python = std::path::Path::new(".venv/bin/python");
+    let mut reference = Vec::new();
+    for &batch in batch_sizes {
+        let out = std::process::Command::new(python)
+            .args(["scripts/reference/fawkes_attack.py", "--weights", &weights.display().to_string(), "--picture", &png.display().to_string()])
+            .args(["--size", &h.to_string(), &w.to_string(), "--pictures", &pictures.to_string(), "--batch", &batch.to_string(), "--steps", &steps.to_string()])
+            .args(["--threads", &tch::get_num_threads().to_string()])
+            .output()
+            .context("running the PyTorch reference (make setup installs .venv)")?;
+        if !out.status.success() {
+            anyhow::bail!("the PyTorch reference failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii())?;
+        let per_step = v["seconds"].as_f64().unwrap_or(f64::NAN) / pictures as f64 / steps as f64;
+        reference.push((batch, per_step));
+        println!("{:<22} {batch:>6} {per_step:>14.4} {:>16.2} {:>12.3}", "pytorch fawkes (ref)", per_step * 150.0, 1.0 / (per_step * 150.0));
+    }
+    let ref_best = reference.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+    let ref_batch1 = reference.iter().find(|r| r.0 == 1).map_or(f64::NAN, |r| r.1);
+    println!("fawkes time per picture-step, cloakbench / PyTorch: batch 1 {:.2}, best batch {:.2} (below 1 = faster)", fawkes_batch1 / ref_batch1, fawkes_best / ref_best);
+    println!("(the engine also measures DSSIM on Fawkes' 112x112 square crop and keeps the best iterate; the script does neither)");
+    Ok(ExitCode::SUCCESS)
+}

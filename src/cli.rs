@@ -116,6 +116,23 @@ enum BenchCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Seconds per picture of each cloak method at several batch sizes, beside the same Fawkes
+    /// attack in plain PyTorch on the same weights (scripts/reference/fawkes_attack.py).
+    Cloak {
+        /// Picture size (height width) the attacks run on.
+        #[arg(long, num_args = 2, default_values_t = [400, 400])]
+        size: Vec<u32>,
+        /// Pictures per measurement.
+        #[arg(long, default_value_t = 8)]
+        pictures: usize,
+        /// Optimisation steps per measurement (projected onto each method's schedule).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+        batch_sizes: Vec<usize>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -162,6 +179,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             crate::bench::baseline(&dataset, &model, batch_size, &device)
         }
         Command::Bench { command: BenchCommand::Zoo { run_root, force } } => crate::bench::zoo(&run_root, force),
+        Command::Bench { command: BenchCommand::Cloak { size, pictures, steps, batch_sizes, device } } => {
+            crate::bench::cloak([size[0], size[1]], pictures, steps, &batch_sizes, &device)
+        }
     }
 }
 
