@@ -10,12 +10,11 @@ the network itself is written in Rust. Uses the maintained `onnx` reader.
 """
 import os
 import sys
-import tempfile
 
 import numpy as np
 import onnx
+from convert_common import finish
 from onnx import numpy_helper
-from safetensors.numpy import save_file
 
 EXPECTED_PARAMETERS = {"fr_feature.onnx": 1_190_336}
 
@@ -45,16 +44,7 @@ def main():
         tensors = named_weights(onnx.load(src))
     except Exception as e:  # noqa: BLE001 - name the file whatever went wrong
         sys.exit(f"{src}: cannot read the ONNX model: {e}")
-    n = sum(t.size for t in tensors.values())
-    want = EXPECTED_PARAMETERS.get(os.path.basename(src))
-    if want is not None and n != want:
-        sys.exit(f"{src}: {n} parameters, expected {want}")
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".part")
-    os.close(fd)
-    save_file(tensors, tmp, metadata={"source": os.path.basename(src)})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-    print(f"wrote {out}: {len(tensors)} tensors, {n} parameters")
+    finish(src, tensors, out, EXPECTED_PARAMETERS.get(os.path.basename(src)))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@ operations instead, to see the arithmetic to reproduce.
 import os
 import struct
 import sys
-import tempfile
 
 import numpy as np
-from safetensors.numpy import save_file
+from convert_common import finish
 
 EXPECTED_PARAMETERS = {"graph_final.pb": 23_469_382}
 DTYPES = {1: "<f4", 3: "<i4", 9: "<i8", 10: "?"}  # DT_FLOAT, DT_INT32, DT_INT64, DT_BOOL
@@ -163,17 +162,7 @@ def main():
         sys.exit(f"{args[0]}: cannot read the GraphDef: {e}")
     if listing:
         return
-    out = args[1]
-    n = sum(t.size for t in tensors.values() if t.ndim > 0)
-    want = EXPECTED_PARAMETERS.get(os.path.basename(args[0]))
-    if want is not None and n != want:
-        sys.exit(f"{args[0]}: {n} parameters, expected {want}")
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".part")
-    os.close(fd)
-    save_file(tensors, tmp, metadata={"source": os.path.basename(args[0])})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-    print(f"wrote {out}: {len(tensors)} tensors, {n} parameters")
+    finish(args[0], tensors, args[1], EXPECTED_PARAMETERS.get(os.path.basename(args[0])))
 
 
 if __name__ == "__main__":

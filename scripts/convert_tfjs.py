@@ -13,10 +13,9 @@ descriptor (age, gender, the 256-unit feats layer) are left out.
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
-from safetensors.numpy import save_file
+from convert_common import finish
 
 # Parameters up to each model's descriptor (MODELS.md).
 EXPECTED_PARAMETERS = {"faceres.json": 3_201_046, "mobileface.json": 545_692}
@@ -90,16 +89,7 @@ def main():
         tensors = convert(model_path, weights_path)
     except Exception as e:  # noqa: BLE001 - name the files whatever went wrong
         sys.exit(f"{model_path} + {weights_path}: cannot convert: {e}")
-    n = sum(t.size for t in tensors.values() if t.ndim > 0)
-    want = EXPECTED_PARAMETERS.get(os.path.basename(model_path))
-    if want is not None and n != want:
-        sys.exit(f"{model_path}: {n} parameters, expected {want}")
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".part")
-    os.close(fd)
-    save_file(tensors, tmp, metadata={"source": os.path.basename(model_path)})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-    print(f"wrote {out}: {len(tensors)} tensors, {n} parameters")
+    finish(model_path, tensors, out, EXPECTED_PARAMETERS.get(os.path.basename(model_path)))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ relu(x) + s * (x - |x|): the MUL's constant `s` is stored as is, and the Rust mo
 """
 import os
 import sys
-import tempfile
 
 import numpy as np
 import tflite
-from safetensors.numpy import save_file
+from convert_common import finish
 
 EXPECTED_PARAMETERS = {"MobileFaceNet.tflite": 1_292_992}
 OPS = {v: k for k, v in tflite.BuiltinOperator.__dict__.items() if not k.startswith("_")}
@@ -62,16 +61,7 @@ def main():
             tensors = named_weights(tflite.Model.GetRootAsModel(f.read(), 0))
     except Exception as e:  # noqa: BLE001 - name the file whatever went wrong
         sys.exit(f"{src}: cannot read the TFLite model: {e}")
-    n = sum(t.size for t in tensors.values())
-    want = EXPECTED_PARAMETERS.get(os.path.basename(src))
-    if want is not None and n != want:
-        sys.exit(f"{src}: {n} parameters, expected {want}")
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".part")
-    os.close(fd)
-    save_file(tensors, tmp, metadata={"source": os.path.basename(src)})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-    print(f"wrote {out}: {len(tensors)} tensors, {n} parameters")
+    finish(src, tensors, out, EXPECTED_PARAMETERS.get(os.path.basename(src)))
 
 
 if __name__ == "__main__":
