@@ -28,7 +28,7 @@ use tch::Tensor;
 use cloaker::{Cloaker, OutputFormat};
 use methods::Method;
 use crate::detect::align::FaceGeometry;
-use crate::embed::{PictureLoader, Picture, largest_faces, ok_pictures};
+use crate::embed::{PictureLoader, Picture, all_faces, ok_pictures};
 use crate::io::image::{DecodeLimits, to_chw_f32};
 use crate::io::table::{self, column};
 use crate::pipeline::run::hex;
@@ -127,7 +127,8 @@ impl Stage for Cloak {
             cloaker = cloaker.with_steps(steps);
         }
         let images = ctx.read("images")?;
-        let faces = largest_faces(&ctx.read("faces")?)?;
+        let every_face = all_faces(&ctx.read("faces")?)?;
+        let faces: HashMap<String, FaceGeometry> = every_face.iter().map(|(id, f)| (id.clone(), f[0])).collect();
         let splits = crate::train::classify::read_splits(&ctx.read("splits")?)?;
         let protected = protected_users(&ctx.read("splits")?)?;
         let pictures = ok_pictures(&images)?;
@@ -155,10 +156,11 @@ impl Stage for Cloak {
                 let mut targets = Vec::new();
                 let mut kept = Vec::new();
                 for (p, d) in chunk.iter().zip(decoded) {
-                    match (d, faces.get(&p.image_id)) {
-                        (Ok(rgb), Some(face)) => {
+                    match (d, every_face.get(&p.image_id)) {
+                        (Ok(rgb), Some(picture_faces)) => {
+                            // Every face of the picture is cloaked, as Fawkes does.
                             let px = Tensor::from_slice(&to_chw_f32(&rgb)).view([3, rgb.height() as i64, rgb.width() as i64]);
-                            targets.push(engine::Target { pixels: px, faces: vec![*face] });
+                            targets.push(engine::Target { pixels: px, faces: picture_faces.clone() });
                             kept.push(p);
                         }
                         (Err(reason), _) => info(ctx.options.quiet, &format!("cloak: {} left clean: {reason}", p.uri)),
@@ -171,22 +173,24 @@ impl Stage for Cloak {
                 for ((p, t), c) in kept.into_iter().zip(&targets).zip(cloaked) {
                     let rgb = cloaker::to_rgb8(&c.pixels);
                     let written = Tensor::from_slice(&to_chw_f32(&rgb)).view(t.pixels.size().as_slice());
-                    let face = t.faces[0];
-                    let shifts = zoo.iter().map(|(m, a)| (m.card().id.clone(), ensemble.contains(&m.card().id), cloaker::shift(m.as_ref(), *a, &t.pixels, &written, &face))).collect();
                     let encoded = Bytes::from(cloaker::encode(&rgb, self.format, self.jpeg_quality)?);
                     let rel = cloaked_path(&p.rel_path, self.format);
                     out_dir.put(&rel, encoded.clone())?;
                     replaced.insert(p.image_id.clone(), (out_dir.url_of(&rel), rel, encoded.len() as u64, hex(&Sha256::digest(&encoded)), self.format.extension(), (rgb.width(), rgb.height())));
-                    records.push(FaceRecord {
-                        image_id: p.image_id.clone(),
-                        face_index: 0,
-                        dssim: cloaker::face_dssim(&t.pixels, &written, &face),
-                        quality: cloaker::quality(&t.pixels, &written),
-                        within_budget: c.within_budget,
-                        seconds,
-                        target: goal.target.as_ref().map(|t| t.0.clone()),
-                        shifts,
-                    });
+                    let quality = cloaker::quality(&t.pixels, &written);
+                    for (i, face) in t.faces.iter().enumerate() {
+                        let shifts = zoo.iter().map(|(m, a)| (m.card().id.clone(), ensemble.contains(&m.card().id), cloaker::shift(m.as_ref(), *a, &t.pixels, &written, face))).collect();
+                        records.push(FaceRecord {
+                            image_id: p.image_id.clone(),
+                            face_index: i as i32,
+                            dssim: cloaker::face_dssim(&t.pixels, &written, face),
+                            quality,
+                            within_budget: c.within_budget,
+                            seconds,
+                            target: goal.target.as_ref().map(|t| t.0.clone()),
+                            shifts,
+                        });
+                    }
                 }
                 progress.add(chunk.len() as u64);
             }

@@ -211,15 +211,20 @@ pub fn ok_pictures(images: &[arrow_array::RecordBatch]) -> Result<Vec<Picture>> 
 
 /// The largest face (face_index 0) of every picture in a faces table.
 pub fn largest_faces(faces: &[arrow_array::RecordBatch]) -> Result<HashMap<String, FaceGeometry>> {
-    let mut out = HashMap::new();
+    Ok(all_faces(faces)?.into_iter().filter_map(|(id, f)| f.first().map(|f| (id, *f))).collect())
+}
+
+/// Every face of every picture in a faces table, in face_index order (largest first).
+pub fn all_faces(faces: &[arrow_array::RecordBatch]) -> Result<HashMap<String, Vec<FaceGeometry>>> {
+    let mut indexed: HashMap<String, Vec<(i32, FaceGeometry)>> = HashMap::new();
     for batch in faces {
         let ids = column::<StringArray>(batch, "image_id")?;
         let index = column::<Int32Array>(batch, "face_index")?;
         let boxes = column::<FixedSizeListArray>(batch, "box")?;
         let marks = column::<FixedSizeListArray>(batch, "landmarks")?;
         for i in 0..batch.num_rows() {
-            if index.is_null(i) || index.value(i) != 0 {
-                continue;
+            if index.is_null(i) {
+                continue; // a no_face or error row
             }
             let values = |list: &FixedSizeListArray| -> Result<Vec<f64>> {
                 let v = list.value(i);
@@ -228,10 +233,16 @@ pub fn largest_faces(faces: &[arrow_array::RecordBatch]) -> Result<HashMap<Strin
             };
             let (b, l) = (values(boxes)?, values(marks)?);
             let landmarks = std::array::from_fn(|k| [l[2 * k], l[2 * k + 1]]);
-            out.insert(ids.value(i).to_owned(), FaceGeometry { bbox: [b[0], b[1], b[2], b[3]], landmarks });
+            indexed.entry(ids.value(i).to_owned()).or_default().push((index.value(i), FaceGeometry { bbox: [b[0], b[1], b[2], b[3]], landmarks }));
         }
     }
-    Ok(out)
+    Ok(indexed
+        .into_iter()
+        .map(|(id, mut faces)| {
+            faces.sort_by_key(|f| f.0);
+            (id, faces.into_iter().map(|f| f.1).collect())
+        })
+        .collect())
 }
 
 /// Fetches and decodes pictures, keeping one open [`Location`] per dataset root.
