@@ -200,13 +200,13 @@ fn run(path: &PathBuf, mut set: Vec<String>, run_root: Option<String>, options: 
 }
 
 fn models_list() -> Result<ExitCode> {
-    println!("{:<34} {:>9} {:>5} {:<10} {:<9} {:<48} licence", "model", "input", "dim", "alignment", "weights", "source");
+    println!("{:<34} {:>9} {:>5} {:<12} {:<9} {:<48} licence", "model", "input", "dim", "alignment", "weights", "source");
     for card in crate::models::cards()? {
         let installed = if crate::models::weights_path(&card).is_ok() { "installed" } else { "missing" };
         let input = format!("{}x{}", card.input_size[0], card.input_size[1]);
         let weak = if card.weak { " (weak)" } else { "" };
         println!(
-            "{:<34} {input:>9} {:>5} {:<10} {installed:<9} {:<48} {}",
+            "{:<34} {input:>9} {:>5} {:<12} {installed:<9} {:<48} {}",
             format!("{}{weak}", card.id), card.output_dim, card.alignment, format!("{} {}", card.source.registry, card.source.package), card.licence
         );
     }
