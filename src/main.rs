@@ -1,4 +1,11 @@
 //! The `cloakbench` binary: all the work is in the library; see `cloakbench --help`.
 fn main() -> std::process::ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`cloakbench models list | head`)
+    // would panic; like other command-line tools, end quietly instead.
+    #[cfg(unix)]
+    // SAFETY: called first thing, before any thread exists; SIG_DFL is always a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     cloakbench::cli::main()
 }
