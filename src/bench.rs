@@ -211,13 +211,19 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
     }
     // The plain PyTorch reference, same picture, size, steps and threads.
     let weights = crate::models::weights_path(&crate::models::card("dlib_resnet29_150")?)?;
-    let python = std::path::Path::new(".venv/bin/python");
+    // The reference runs in the project's venv; CLOAKBENCH_PYTHON names another interpreter with
+    // torch, safetensors and numpy (a GPU machine's own PyTorch, say).
+    let python = std::env::var("CLOAKBENCH_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
+    let device_arg = match device {
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".into(),
+    };
     let mut reference = Vec::new();
     for &batch in batch_sizes {
-        let out = std::process::Command::new(python)
+        let out = std::process::Command::new(&python)
             .args(["scripts/reference/fawkes_attack.py", "--weights", &weights.display().to_string(), "--picture", &png.display().to_string()])
             .args(["--size", &h.to_string(), &w.to_string(), "--pictures", &pictures.to_string(), "--batch", &batch.to_string(), "--steps", &steps.to_string()])
-            .args(["--threads", &tch::get_num_threads().to_string()])
+            .args(["--threads", &tch::get_num_threads().to_string(), "--device", &device_arg])
             .output()
             .context("running the PyTorch reference (make setup installs .venv)")?;
         if !out.status.success() {

@@ -3,7 +3,7 @@
 `cloakbench bench cloak` times our engine against.
 
 Usage: fawkes_attack.py --weights W.safetensors --picture P.png --size H W --pictures N
-                        --batch B --steps S [--threads T]
+                        --batch B --steps S [--threads T] [--device cpu|cuda|cuda:N]
 
 Same work as the engine: full pictures of H x W (the PNG resized), the face cropped to dlib's
 150x150 chip through affine_grid + grid_sample, tanh parameterisation, Adadelta (rho 0.95,
@@ -97,21 +97,27 @@ def main():
     ap.add_argument("--batch", type=int, required=True)
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = load(a.weights)
+    device = torch.device(a.device)
+    model = load(a.weights).to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     rgb = torch.from_numpy(read_png_rgb8(a.picture).copy()).permute(2, 0, 1).float().unsqueeze(0)
-    x = F.interpolate(rgb, size=tuple(a.size), mode="bilinear", align_corners=False)
+    x = F.interpolate(rgb, size=tuple(a.size), mode="bilinear", align_corners=False).to(device)
+    # CUDA runs asynchronously: the clock reads only after the device has finished the work.
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     attack(model, x.repeat(1, 1, 1, 1), 2)  # warm-up
+    sync()
     start, done = time.perf_counter(), 0
     while done < a.pictures:
         b = min(a.batch, a.pictures - done)
         attack(model, x.repeat(b, 1, 1, 1), a.steps)
         done += b
+    sync()
     print(json.dumps({"seconds": time.perf_counter() - start, "pictures": a.pictures, "steps": a.steps, "batch": a.batch}))
 
 

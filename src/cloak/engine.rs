@@ -145,8 +145,7 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], targets: &[Target], devic
     let budget_x0 = tch::no_grad(|| crops(&x0, &faces, BUDGET_CROP));
     let mut state = State::new(config, &x0, device);
     let mut weight = Tensor::ones([n], (Kind::Float, device)); // Fawkes' c_diff per picture
-    // A deep copy: the best iterates are written in place and must not alias the originals.
-    let mut best = (x0.copy(), vec![f64::NEG_INFINITY; n as usize], vec![f64::INFINITY; n as usize]);
+    let mut best = Best::new(&x0);
     let face_picture = Tensor::from_slice(&faces.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device);
     for step in 0..config.steps {
         let x = state.pixels();
@@ -164,7 +163,7 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], targets: &[Target], devic
         }
         state.step(&loss, step, config);
         tch::no_grad(|| {
-            record_best(config, &x, &feature, &picture_dssim, &mut best);
+            best.record(config, &x, &feature, &picture_dssim);
             if let Some(b) = config.budget.dssim.filter(|b| b.adaptive) {
                 weight = adapt_weight(&weight, &picture_dssim, b.threshold);
             }
@@ -175,9 +174,10 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], targets: &[Target], devic
         let x = state.pixels();
         let feature = per_picture(&feature_term(config, &embed_all(config, ensemble, &x, &faces), &original), &face_picture, n, false);
         let d = per_picture(&dssim(&crops(&x, &faces, BUDGET_CROP), &budget_x0, 255.0), &face_picture, n, true);
-        record_best(config, &x, &feature, &d, &mut best);
+        best.record(config, &x, &feature, &d);
     });
-    let (best_x, best_feature, best_dssim) = best;
+    let (best_feature, best_dssim) = best.figures();
+    let best_x = best.x;
     targets
         .iter()
         .enumerate()
@@ -298,24 +298,44 @@ fn adapt_weight(weight: &Tensor, d: &Tensor, threshold: f64) -> Tensor {
     (weight * 2.0).clamp_max(256.0).where_self(&low, &(weight / 2.0).clamp_min(1.0 / 256.0).where_self(&high, &ones))
 }
 
-/// Keeps, per picture, the iterate with the largest feature term among those within budget.
-fn record_best(config: &AttackConfig, x: &Tensor, feature: &Tensor, d: &Tensor, best: &mut (Tensor, Vec<f64>, Vec<f64>)) {
-    let limit = match (config.budget.dssim, config.budget.best_within) {
-        (Some(b), Some(k)) => b.threshold * k,
-        _ => f64::INFINITY,
-    };
-    let feature: Vec<f64> = Vec::try_from(feature.to_kind(Kind::Double).to_device(Device::Cpu)).expect("f64");
-    let d: Vec<f64> = Vec::try_from(d.to_kind(Kind::Double).to_device(Device::Cpu)).expect("f64");
-    for b in 0..feature.len() {
-        let within = d[b] <= limit;
-        let best_within = best.2[b] <= limit;
-        // Prefer any iterate within budget over one outside; then the larger feature term.
-        let better = (within && !best_within) || (within == best_within && feature[b] > best.1[b]) || best.1[b] == f64::NEG_INFINITY;
-        if better {
-            best.0.get(b as i64).copy_(&x.get(b as i64).detach());
-            best.1[b] = feature[b];
-            best.2[b] = d[b];
-        }
+/// The best iterate so far, per picture, kept on the device: comparing there (rather than
+/// reading the figures back every step) lets a GPU run the whole schedule without waiting.
+struct Best {
+    x: Tensor,
+    feature: Tensor,
+    dssim: Tensor,
+}
+
+impl Best {
+    fn new(x0: &Tensor) -> Best {
+        let n = x0.size()[0];
+        let opts = (Kind::Float, x0.device());
+        // A deep copy: the originals must never be aliased by what replaces them.
+        Best { x: x0.copy(), feature: Tensor::full([n], f64::NEG_INFINITY, opts), dssim: Tensor::full([n], f64::INFINITY, opts) }
+    }
+
+    /// Keeps, per picture, the iterate with the largest feature term among those within budget
+    /// (any iterate within budget beats one outside it).
+    fn record(&mut self, config: &AttackConfig, x: &Tensor, feature: &Tensor, d: &Tensor) {
+        let limit = match (config.budget.dssim, config.budget.best_within) {
+            (Some(b), Some(k)) => b.threshold * k,
+            _ => f64::INFINITY,
+        };
+        let (feature, d) = (feature.detach().to_kind(Kind::Float), d.detach().to_kind(Kind::Float));
+        let within = d.le(limit);
+        let best_within = self.dssim.le(limit);
+        let better = within
+            .logical_and(&best_within.logical_not())
+            .logical_or(&within.eq_tensor(&best_within).logical_and(&feature.gt_tensor(&self.feature)))
+            .logical_or(&self.feature.isneginf());
+        self.x = x.detach().where_self(&better.view([-1, 1, 1, 1]), &self.x);
+        self.feature = feature.where_self(&better, &self.feature);
+        self.dssim = d.where_self(&better, &self.dssim);
+    }
+
+    fn figures(&self) -> (Vec<f64>, Vec<f64>) {
+        let read = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu)).expect("f64");
+        (read(&self.feature), read(&self.dssim))
     }
 }
 
