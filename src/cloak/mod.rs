@@ -145,65 +145,149 @@ impl Stage for Cloak {
         let total: usize = by_user.values().map(Vec::len).sum();
         info(ctx.options.quiet, &format!("cloak: {total} pictures of {} users, {} {mode}, ensemble {ensemble:?}", by_user.len(), self.method.name()));
         let zoo = cloaker::load_with_alignment(&crate::models::cards()?.into_iter().filter(|c| crate::models::weights_path(c).is_ok()).map(|c| c.id).collect::<Vec<_>>(), device)?;
-        let mut loader = PictureLoader::new(self.limits.clone(), 16);
-        let out_dir = ctx.run_dir.child(&format!("cloaked/{}", ctx.stage));
+        let mut work = Work {
+            cloaker: &cloaker,
+            zoo: &zoo,
+            ensemble: &ensemble,
+            every_face: &every_face,
+            loader: PictureLoader::new(self.limits.clone(), 16),
+            out_dir: ctx.run_dir.child(&format!("cloaked/{}", ctx.stage)),
+            quiet: ctx.options.quiet,
+        };
+        // Each batch of pictures is a part: an interrupted run keeps the batches it finished
+        // (their pictures are on disk, their rows in the parts) and redoes only the rest.
+        let cloak_parts = ctx.parts("cloaks", table::schema("cloaks").arrow(None));
+        let shift_parts = ctx.parts("cloak_shifts", table::schema("cloak_shifts").arrow(None));
         let mut progress = ctx.progress(total as u64, "pictures");
-        let (mut records, mut replaced) = (Vec::new(), HashMap::new());
+        let (mut replaced, mut cloak_rows) = (HashMap::new(), Vec::new());
+        let (mut k, mut resumed) = (0, 0);
         for (user, user_pictures) in &by_user {
-            let goal = self.goal_data(&cloaker, &mut loader, user, &pictures, &splits, &faces, &protected)?;
-            for chunk in user_pictures.chunks(self.batch_size.max(1)) {
-                let decoded = loader.decode(chunk)?;
-                let mut targets = Vec::new();
-                let mut kept = Vec::new();
-                for (p, d) in chunk.iter().zip(decoded) {
-                    match (d, every_face.get(&p.image_id)) {
-                        (Ok(rgb), Some(picture_faces)) => {
-                            // Every face of the picture is cloaked, as Fawkes does.
-                            let px = Tensor::from_slice(&to_chw_f32(&rgb)).view([3, rgb.height() as i64, rgb.width() as i64]);
-                            targets.push(engine::Target { pixels: px, faces: picture_faces.clone() });
-                            kept.push(p);
-                        }
-                        (Err(reason), _) => info(ctx.options.quiet, &format!("cloak: {} left clean: {reason}", p.uri)),
-                        (Ok(_), None) => info(ctx.options.quiet, &format!("cloak: {} left clean: no face detected", p.uri)),
+            let chunks: Vec<&[Picture]> = user_pictures.chunks(self.batch_size.max(1)).collect();
+            let mut goal = None;
+            for chunk in chunks {
+                if cloak_parts.is_done(k)? && shift_parts.is_done(k)? {
+                    let rows = cloak_parts.read(k)?;
+                    for p in cloaked_in(chunk, &rows)? {
+                        replaced.insert(p.image_id.clone(), work.replacement_on_disk(p, self.format)?);
                     }
-                }
-                let started = std::time::Instant::now();
-                let cloaked = cloaker.cloak(&targets, goal.user.as_deref(), goal.target.as_ref().map(|t| t.1.as_slice()))?;
-                let seconds = started.elapsed().as_secs_f64() / targets.len().max(1) as f64;
-                for ((p, t), c) in kept.into_iter().zip(&targets).zip(cloaked) {
-                    let rgb = cloaker::to_rgb8(&c.pixels);
-                    let written = Tensor::from_slice(&to_chw_f32(&rgb)).view(t.pixels.size().as_slice());
-                    let encoded = Bytes::from(cloaker::encode(&rgb, self.format, self.jpeg_quality)?);
-                    let rel = cloaked_path(&p.rel_path, self.format);
-                    out_dir.put(&rel, encoded.clone())?;
-                    replaced.insert(p.image_id.clone(), (out_dir.url_of(&rel), rel, encoded.len() as u64, hex(&Sha256::digest(&encoded)), self.format.extension(), (rgb.width(), rgb.height())));
-                    let quality = cloaker::quality(&t.pixels, &written);
-                    for (i, face) in t.faces.iter().enumerate() {
-                        let shifts = zoo.iter().map(|(m, a)| (m.card().id.clone(), ensemble.contains(&m.card().id), cloaker::shift(m.as_ref(), *a, &t.pixels, &written, face))).collect();
-                        records.push(FaceRecord {
-                            image_id: p.image_id.clone(),
-                            face_index: i as i32,
-                            dssim: cloaker::face_dssim(&t.pixels, &written, face),
-                            quality,
-                            within_budget: c.within_budget,
-                            seconds,
-                            target: goal.target.as_ref().map(|t| t.0.clone()),
-                            shifts,
-                        });
+                    cloak_rows.extend(rows);
+                    resumed += 1;
+                } else {
+                    if goal.is_none() {
+                        goal = Some(self.goal_data(&cloaker, &mut work.loader, user, &pictures, &splits, &faces, &protected)?);
                     }
+                    let records = work.cloak_chunk(self, chunk, goal.as_ref().expect("goal computed"), &mut replaced)?;
+                    let (cloaks, shifts) = self.tables(&cloaker, &records)?;
+                    // The cloaks part is written last: its presence marks the batch finished.
+                    shift_parts.write(k, &[shifts])?;
+                    cloak_parts.write(k, std::slice::from_ref(&cloaks))?;
+                    cloak_rows.push(cloaks);
                 }
                 progress.add(chunk.len() as u64);
+                k += 1;
             }
         }
         progress.finish();
+        if resumed > 0 {
+            info(ctx.options.quiet, &format!("cloak: resumed: {resumed} of {k} batches were done by an interrupted run"));
+        }
         let cloaked_images = swap_images(&images, &replaced)?;
         ctx.write("cloaked_images", table::schema("images").arrow(None), &cloaked_images)?;
-        let (cloaks, shifts) = self.tables(&cloaker, &records)?;
-        ctx.write("cloaks", cloaks.schema(), &[cloaks])?;
-        ctx.write("cloak_shifts", shifts.schema(), &[shifts])?;
-        ctx.report.push(summary(self.method.name(), &mode, &records));
+        cloak_parts.finish(k)?;
+        shift_parts.finish(k)?;
+        ctx.report.push(summary(self.method.name(), &mode, &cloak_rows)?);
         Ok(())
     }
+}
+
+/// What cloaking one batch of pictures needs, beside the stage's configuration.
+struct Work<'a> {
+    cloaker: &'a Cloaker,
+    /// Every installed model of the zoo, for the `cloak_shifts` table.
+    zoo: &'a [(Box<dyn crate::models::FaceModel>, crate::detect::align::Alignment)],
+    ensemble: &'a [String],
+    every_face: &'a HashMap<String, Vec<FaceGeometry>>,
+    loader: PictureLoader,
+    out_dir: crate::io::Location,
+    quiet: bool,
+}
+
+impl Work<'_> {
+    /// Cloaks every face of a batch of pictures, writes the cloaked files and returns their rows.
+    fn cloak_chunk(&mut self, stage: &Cloak, chunk: &[Picture], goal: &GoalData, replaced: &mut HashMap<String, Replacement>) -> Result<Vec<FaceRecord>> {
+        let decoded = self.loader.decode(chunk)?;
+        let mut targets = Vec::new();
+        let mut kept = Vec::new();
+        for (p, d) in chunk.iter().zip(decoded) {
+            match (d, self.every_face.get(&p.image_id)) {
+                (Ok(rgb), Some(picture_faces)) => {
+                    // Every face of the picture is cloaked, as Fawkes does.
+                    let px = Tensor::from_slice(&to_chw_f32(&rgb)).view([3, rgb.height() as i64, rgb.width() as i64]);
+                    targets.push(engine::Target { pixels: px, faces: picture_faces.clone() });
+                    kept.push(p);
+                }
+                (Err(reason), _) => info(self.quiet, &format!("cloak: {} left clean: {reason}", p.uri)),
+                (Ok(_), None) => info(self.quiet, &format!("cloak: {} left clean: no face detected", p.uri)),
+            }
+        }
+        let started = std::time::Instant::now();
+        let cloaked = self.cloaker.cloak(&targets, goal.user.as_deref(), goal.target.as_ref().map(|t| t.1.as_slice()))?;
+        let seconds = started.elapsed().as_secs_f64() / targets.len().max(1) as f64;
+        let mut records = Vec::new();
+        for ((p, t), c) in kept.into_iter().zip(&targets).zip(cloaked) {
+            let rgb = cloaker::to_rgb8(&c.pixels);
+            let written = Tensor::from_slice(&to_chw_f32(&rgb)).view(t.pixels.size().as_slice());
+            let encoded = Bytes::from(cloaker::encode(&rgb, stage.format, stage.jpeg_quality)?);
+            let rel = cloaked_path(&p.rel_path, stage.format);
+            self.out_dir.put(&rel, encoded.clone())?;
+            replaced.insert(p.image_id.clone(), self.replacement(&rel, &encoded, stage.format, (rgb.width(), rgb.height())));
+            let quality = cloaker::quality(&t.pixels, &written);
+            for (i, face) in t.faces.iter().enumerate() {
+                let shifts = self
+                    .zoo
+                    .iter()
+                    .map(|(m, a)| (m.card().id.clone(), self.ensemble.contains(&m.card().id), cloaker::shift(m.as_ref(), *a, &t.pixels, &written, face)))
+                    .collect();
+                records.push(FaceRecord {
+                    image_id: p.image_id.clone(),
+                    face_index: i as i32,
+                    dssim: cloaker::face_dssim(&t.pixels, &written, face),
+                    quality,
+                    within_budget: c.within_budget,
+                    seconds,
+                    target: goal.target.as_ref().map(|t| t.0.clone()),
+                    shifts,
+                });
+            }
+        }
+        Ok(records)
+    }
+
+    fn replacement(&self, rel: &str, encoded: &[u8], format: OutputFormat, (width, height): (u32, u32)) -> Replacement {
+        (self.out_dir.url_of(rel), rel.to_owned(), encoded.len() as u64, hex(&Sha256::digest(encoded)), format.extension(), (width, height))
+    }
+
+    /// The replacement of a picture cloaked by an interrupted run, read back from its file.
+    fn replacement_on_disk(&self, p: &Picture, format: OutputFormat) -> Result<Replacement> {
+        let rel = cloaked_path(&p.rel_path, format);
+        let encoded = self.out_dir.get(&rel)?;
+        let size = image::ImageReader::new(std::io::Cursor::new(&encoded))
+            .with_guessed_format()
+            .ok()
+            .and_then(|r| r.into_dimensions().ok())
+            .with_context(|| format!("{}: a cloaked picture of an interrupted run does not read back", self.out_dir.url_of(&rel)))?;
+        Ok(self.replacement(&rel, &encoded, format, size))
+    }
+}
+
+/// The pictures of `chunk` that have rows in a finished part of `cloaks`.
+fn cloaked_in<'a>(chunk: &'a [Picture], cloaks: &[RecordBatch]) -> Result<Vec<&'a Picture>> {
+    let mut ids = std::collections::HashSet::new();
+    for b in cloaks {
+        let col = column::<StringArray>(b, "image_id")?;
+        ids.extend((0..b.num_rows()).map(|i| col.value(i).to_owned()));
+    }
+    Ok(chunk.iter().filter(|p| ids.contains(&p.image_id)).collect())
 }
 
 /// Clean embeddings a method's goal needs: the user's own training faces, and for Fawkes v0.3
@@ -353,20 +437,25 @@ pub(crate) fn swap_images(images: &[RecordBatch], replaced: &HashMap<String, Rep
         .collect()
 }
 
-fn summary(method: &str, mode: &str, records: &[FaceRecord]) -> String {
-    if records.is_empty() {
-        return format!("cloak: {method} {mode}: nothing to cloak");
+fn summary(method: &str, mode: &str, cloaks: &[RecordBatch]) -> Result<String> {
+    let n: usize = cloaks.iter().map(RecordBatch::num_rows).sum();
+    if n == 0 {
+        return Ok(format!("cloak: {method} {mode}: nothing to cloak"));
     }
-    let n = records.len() as f64;
-    let mean = |f: &dyn Fn(&FaceRecord) -> f64| records.iter().map(f).sum::<f64>() / n;
-    format!(
-        "cloak: {method} {mode}: {} faces; mean DSSIM {:.4}, PSNR {:.1} dB, L-inf {:.1}/255; {:.1} s per picture",
-        records.len(),
-        mean(&|r| r.dssim),
-        mean(&|r| r.quality.psnr),
-        mean(&|r| r.quality.linf),
-        mean(&|r| r.seconds)
-    )
+    let mean = |name: &str| -> Result<f64> {
+        let mut sum = 0.0;
+        for b in cloaks {
+            sum += column::<Float64Array>(b, name)?.values().iter().sum::<f64>();
+        }
+        Ok(sum / n as f64)
+    };
+    Ok(format!(
+        "cloak: {method} {mode}: {n} faces; mean DSSIM {:.4}, PSNR {:.1} dB, L-inf {:.1}/255; {:.1} s per picture",
+        mean("dssim")?,
+        mean("psnr")?,
+        mean("linf")?,
+        mean("seconds")?
+    ))
 }
 
 #[cfg(test)]

@@ -137,30 +137,37 @@ pub struct Parts {
 }
 
 impl Parts {
-    fn key(k: usize) -> String {
-        format!("part-{k:06}")
+    /// Parts are named after their table, so one stage can keep parts of several outputs.
+    fn key(&self, k: usize) -> String {
+        format!("{}-part-{k:06}", self.table)
     }
 
     /// Whether part `k` was completed by an earlier (interrupted) run.
     pub fn is_done(&self, k: usize) -> Result<bool> {
-        table::exists(&self.dir, &Self::key(k))
+        table::exists(&self.dir, &self.key(k))
     }
 
     /// Writes part `k` (atomically).
     pub fn write(&self, k: usize, batches: &[RecordBatch]) -> Result<()> {
-        table::write(&self.dir, &Self::key(k), self.schema.clone(), batches).map(|_| ())
+        table::write(&self.dir, &self.key(k), self.schema.clone(), batches).map(|_| ())
+    }
+
+    /// Reads back part `k`, written by this run or an interrupted one.
+    pub fn read(&self, k: usize) -> Result<Vec<RecordBatch>> {
+        table::read(&self.dir, &self.key(k))
     }
 
     /// Joins parts `0..n` into the output table, then removes them; returns the row count.
     pub fn finish(self, n: usize) -> Result<usize> {
         let mut writer = table::TableWriter::create(&self.run_dir, &self.table, self.schema.clone())?;
         for k in 0..n {
-            for batch in table::read(&self.dir, &Self::key(k))? {
+            for batch in self.read(k)? {
                 writer.write(&batch)?;
             }
         }
         let rows = writer.finish()?;
-        for entry in self.dir.list()? {
+        let own = format!("{}-part-", self.table);
+        for entry in self.dir.list()?.into_iter().filter(|e| e.key.starts_with(&own)) {
             self.dir.delete(&entry.key)?;
         }
         Ok(rows)

@@ -38,3 +38,75 @@ fn a_killed_embed_stage_resumes_from_its_saved_parts() {
     assert_eq!(saved_parts(), 0, "parts left behind after the table was joined");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The cloak stage saves each batch as it finishes: killed mid-stage, the rerun keeps the
+/// finished batches, cloaks the rest, and ends with exactly the pictures and rows of a run
+/// that was never interrupted (same seed, same bytes).
+#[test]
+fn a_killed_cloak_stage_resumes_and_gives_the_same_pictures() {
+    let Some(dataset) = shared("datasets/fixture_facescrub12x10") else { return };
+    let dir = scratch("cloak-resume");
+    let spec = dir.join("cloak_only.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[pipeline]\nname = \"cloak_only\"\n\n[stages.ingest]\nkind = \"ingest\"\ndataset = {:?}\n\n\
+             [stages.detect]\nkind = \"detect\"\nmax_side = 400\n\n[stages.split]\nkind = \"split\"\nseed = 0\nprotected = [\"Bill_Hader\"]\n\n\
+             [stages.cloak]\nkind = \"cloak\"\nmethod = \"fawkes\"\nmode = \"high\"\nensemble = [\"dlib_resnet29_150\"]\nsteps = 6\nbatch_size = 1\n",
+            dataset.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run_args = |root: &std::path::Path| vec!["run".to_owned(), spec.display().to_string(), "--run-root".into(), root.display().to_string()];
+    let (interrupted, straight) = (dir.join("interrupted"), dir.join("straight"));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloakbench")).args(run_args(&interrupted)).current_dir(repo()).stderr(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
+    let work = interrupted.join("cloak_only/_work");
+    let cloak_parts = || -> usize {
+        std::fs::read_dir(&work)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+            .filter(|f| f.file_name().to_string_lossy().starts_with("cloaks-part-"))
+            .count()
+    };
+    let started = Instant::now();
+    while cloak_parts() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(600), "no cloak part was saved");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let args = run_args(&interrupted);
+    let log = text(&cloakbench(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]).stderr);
+    let resumed = log.lines().find(|l| l.contains("cloak: resumed:")).unwrap_or_else(|| panic!("no resume:\n{log}"));
+    let done: usize = resumed.split("resumed: ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((2..7).contains(&done), "{resumed}");
+    assert_eq!(cloak_parts(), 0, "parts left behind after the tables were joined");
+
+    let args = run_args(&straight);
+    cloakbench(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let code = format!(
+        r#"
+import polars as pl
+a, b = {a:?}, {b:?}
+read = lambda d, t: pl.read_parquet(f"{{d}}/cloak_only/{{t}}.parquet")
+images = [read(d, "cloaked_images").sort("image_id").select("image_id", "sha256", "bytes", "width", "height") for d in (a, b)]
+assert images[0].equals(images[1]), "the resumed run's pictures differ from the uninterrupted run's"
+cloaks = [read(d, "cloaks").sort("image_id", "face_index").drop("seconds") for d in (a, b)]
+assert cloaks[0].equals(cloaks[1]), (cloaks[0], cloaks[1])
+assert cloaks[0].height == 7, cloaks[0].height
+shifts = [read(d, "cloak_shifts").sort("image_id", "face_index", "model") for d in (a, b)]
+assert shifts[0].equals(shifts[1])
+print("ok")
+"#,
+        a = interrupted.display().to_string(),
+        b = straight.display().to_string()
+    );
+    let out = Command::new(crate::python()).args(["-c", &code]).output().unwrap();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    std::fs::remove_dir_all(dir).ok();
+}
