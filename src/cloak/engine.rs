@@ -22,7 +22,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::ssim::dssim;
-use crate::detect::align::{Alignment, FaceGeometry};
+use crate::detect::align::{Alignment, CropPlan, FaceGeometry};
 use crate::models::FaceModel;
 
 /// How the optimised variable becomes pixels.
@@ -136,22 +136,25 @@ const BUDGET_CROP: Alignment = Alignment::SquareBox { size: 112, margin: 30.0 };
 pub fn run(config: &AttackConfig, ensemble: &[Member], targets: &[Target], device: Device) -> Vec<Cloaked> {
     tch::manual_seed(config.seed);
     let (x0, sizes) = pad_batch(targets, device);
-    let faces: Vec<(i64, FaceGeometry)> = targets.iter().enumerate().flat_map(|(b, t)| t.faces.iter().map(move |f| (b as i64, *f))).collect();
+    let faces: Vec<(i64, FaceGeometry, [i64; 2])> =
+        targets.iter().zip(&sizes).enumerate().flat_map(|(b, (t, size))| t.faces.iter().map(move |f| (b as i64, *f, *size))).collect();
     let n = targets.len() as i64;
     if faces.is_empty() {
         return unchanged(targets);
     }
-    let original = tch::no_grad(|| embed_all(config, ensemble, &x0, &faces));
-    let budget_x0 = tch::no_grad(|| crops(&x0, &faces, BUDGET_CROP));
+    let plans: Vec<CropPlan> = ensemble.iter().map(|m| CropPlan::new(m.alignment, &faces, &x0.size(), device)).collect();
+    let budget_crop = CropPlan::new(BUDGET_CROP, &faces, &x0.size(), device);
+    let original = tch::no_grad(|| embed_all(config, ensemble, &plans, &x0));
+    let budget_x0 = tch::no_grad(|| budget_crop.apply(&x0));
     let mut state = State::new(config, &x0, device);
     let mut weight = Tensor::ones([n], (Kind::Float, device)); // Fawkes' c_diff per picture
     let mut best = Best::new(&x0);
     let face_picture = Tensor::from_slice(&faces.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device);
     for step in 0..config.steps {
         let x = state.pixels();
-        let embeddings = embed_all(config, ensemble, &x, &faces);
+        let embeddings = embed_all(config, ensemble, &plans, &x);
         let feature = per_picture(&feature_term(config, &embeddings, &original), &face_picture, n, false);
-        let face_dssim = dssim(&crops(&x, &faces, BUDGET_CROP), &budget_x0, 255.0);
+        let face_dssim = dssim(&budget_crop.apply(&x), &budget_x0, 255.0);
         let picture_dssim = per_picture(&face_dssim, &face_picture, n, true);
         let mut loss = -(&weight * &feature).sum(Kind::Float);
         if let Some(b) = config.budget.dssim {
@@ -172,8 +175,8 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], targets: &[Target], devic
     // The last iterate counts too.
     tch::no_grad(|| {
         let x = state.pixels();
-        let feature = per_picture(&feature_term(config, &embed_all(config, ensemble, &x, &faces), &original), &face_picture, n, false);
-        let d = per_picture(&dssim(&crops(&x, &faces, BUDGET_CROP), &budget_x0, 255.0), &face_picture, n, true);
+        let feature = per_picture(&feature_term(config, &embed_all(config, ensemble, &plans, &x), &original), &face_picture, n, false);
+        let d = per_picture(&dssim(&budget_crop.apply(&x), &budget_x0, 255.0), &face_picture, n, true);
         best.record(config, &x, &feature, &d);
     });
     let (best_feature, best_dssim) = best.figures();
@@ -214,18 +217,13 @@ fn pad_batch(targets: &[Target], device: Device) -> (Tensor, Vec<[i64; 2]>) {
     (Tensor::stack(&padded, 0).to_device(device), sizes)
 }
 
-/// Crops every face from its picture in `x` with `alignment`: [faces, 3, h, w].
-fn crops(x: &Tensor, faces: &[(i64, FaceGeometry)], alignment: Alignment) -> Tensor {
-    let all: Vec<Tensor> = faces.iter().map(|(b, f)| alignment.crop(&x.narrow(0, *b, 1), f)).collect();
-    Tensor::cat(&all, 0)
-}
-
-/// Embeddings of every face for every ensemble member (and smoothed copies): one tensor per member.
-fn embed_all(config: &AttackConfig, ensemble: &[Member], x: &Tensor, faces: &[(i64, FaceGeometry)]) -> Vec<Tensor> {
+/// Embeddings of every face for every ensemble member (and smoothed copies): one tensor per
+/// member. `plans` crop the faces the way each member wants them.
+fn embed_all(config: &AttackConfig, ensemble: &[Member], plans: &[CropPlan], x: &Tensor) -> Vec<Tensor> {
     let objective = &config.objective;
     let mut out = Vec::new();
-    for member in ensemble {
-        let face_crops = crops(x, faces, member.alignment);
+    for (member, plan) in ensemble.iter().zip(plans) {
+        let face_crops = plan.apply(x);
         let mut views = vec![face_crops.shallow_clone()];
         if let Some((kernel, sigma)) = objective.smoothing {
             views.push(gaussian_blur(&face_crops, kernel, sigma));

@@ -18,7 +18,7 @@
 //! more the picture is first average-pooled by the integer factor (also differentiable).
 
 use anyhow::{Result, bail};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// An affine map `[a b c; d e f]`: (x, y) -> (a x + b y + c, d x + e y + f).
 pub type Affine = [[f64; 3]; 2];
@@ -132,35 +132,108 @@ pub fn similarity(from: &[[f64; 2]], to: &[[f64; 2]]) -> Affine {
 /// ([N, C, H, W]). Bilinear; outside the picture is zero.
 pub fn warp(picture: &Tensor, m: Affine, out: [i64; 2]) -> Tensor {
     let size = picture.size();
-    let shrink = (m[0][0] * m[1][1] - m[0][1] * m[1][0]).abs().sqrt();
-    let factor = shrink.floor() as i64;
-    let (picture, m) = if factor >= 2 {
-        let pooled = picture.avg_pool2d([factor, factor], [factor, factor], [0, 0], false, true, None);
-        // A pixel centre x of the picture lies at (x + 0.5) / k - 0.5 in the pooled one.
-        let k = factor as f64;
-        let rescale = |row: [f64; 3]| [row[0] / k, row[1] / k, (row[2] + 0.5) / k - 0.5];
-        (pooled, [rescale(m[0]), rescale(m[1])])
-    } else {
-        (picture.shallow_clone(), m)
-    };
-    let (h_in, w_in) = (picture.size()[2] as f64, picture.size()[3] as f64);
-    let (h_out, w_out) = (out[0] as f64, out[1] as f64);
-    // theta maps output coordinates in [-1, 1] (align_corners = false) to input ones:
-    // un -> u = ((un + 1) w_out - 1) / 2 -> x = m(u) -> xn = (2 x + 1) / w_in - 1.
-    let row = |r: [f64; 3], in_len: f64| {
-        let a = r[0] * w_out / in_len;
-        let b = r[1] * h_out / in_len;
-        let c = (2.0 * (r[0] * (w_out - 1.0) / 2.0 + r[1] * (h_out - 1.0) / 2.0 + r[2]) + 1.0) / in_len - 1.0;
-        [a, b, c]
-    };
-    let (rx, ry) = (row(m[0], w_in), row(m[1], h_in));
-    let theta = Tensor::from_slice(&[rx[0], rx[1], rx[2], ry[0], ry[1], ry[2]])
-        .to_kind(Kind::Float)
-        .to_device(picture.device())
-        .view([1, 2, 3])
-        .expand([size[0], 2, 3], false);
+    let sampling = Sampling::new(m, [size[2], size[3]], out);
+    let theta = sampling.theta(picture.device()).view([1, 2, 3]).expand([size[0], 2, 3], false);
     let grid = Tensor::affine_grid_generator(&theta, [size[0], size[1], out[0], out[1]], false);
-    picture.grid_sampler(&grid, 0, 0, false)
+    pool(picture, sampling.factor).grid_sampler(&grid, 0, 0, false)
+}
+
+/// How one output crop samples its picture: the average-pooling factor applied first and the
+/// `affine_grid` matrix on the pooled picture.
+struct Sampling {
+    factor: i64,
+    theta: [f64; 6],
+}
+
+impl Sampling {
+    /// `m` maps output pixels into a picture held in a tensor of `picture_size` ([h, w]).
+    fn new(m: Affine, picture_size: [i64; 2], out: [i64; 2]) -> Sampling {
+        let shrink = (m[0][0] * m[1][1] - m[0][1] * m[1][0]).abs().sqrt();
+        let factor = (shrink.floor() as i64).max(1);
+        let (m, h_in, w_in) = if factor >= 2 {
+            // A pixel centre x of the picture lies at (x + 0.5) / k - 0.5 in the pooled one.
+            let k = factor as f64;
+            let rescale = |row: [f64; 3]| [row[0] / k, row[1] / k, (row[2] + 0.5) / k - 0.5];
+            ([rescale(m[0]), rescale(m[1])], (picture_size[0] / factor) as f64, (picture_size[1] / factor) as f64)
+        } else {
+            (m, picture_size[0] as f64, picture_size[1] as f64)
+        };
+        let (h_out, w_out) = (out[0] as f64, out[1] as f64);
+        // theta maps output coordinates in [-1, 1] (align_corners = false) to input ones:
+        // un -> u = ((un + 1) w_out - 1) / 2 -> x = m(u) -> xn = (2 x + 1) / w_in - 1.
+        let row = |r: [f64; 3], in_len: f64| {
+            let a = r[0] * w_out / in_len;
+            let b = r[1] * h_out / in_len;
+            let c = (2.0 * (r[0] * (w_out - 1.0) / 2.0 + r[1] * (h_out - 1.0) / 2.0 + r[2]) + 1.0) / in_len - 1.0;
+            [a, b, c]
+        };
+        let (rx, ry) = (row(m[0], w_in), row(m[1], h_in));
+        Sampling { factor, theta: [rx[0], rx[1], rx[2], ry[0], ry[1], ry[2]] }
+    }
+
+    fn theta(&self, device: Device) -> Tensor {
+        Tensor::from_slice(&self.theta).to_kind(Kind::Float).to_device(device)
+    }
+}
+
+fn pool(picture: &Tensor, factor: i64) -> Tensor {
+    if factor < 2 {
+        return picture.shallow_clone();
+    }
+    picture.avg_pool2d([factor, factor], [factor, factor], [0, 0], false, true, None)
+}
+
+/// Many faces cropped from a batch of pictures in a few tensor ops. The sampling grids are built
+/// once, so each [`CropPlan::apply`] is, per pooling factor, one pooling, one gather and one
+/// `grid_sample` — a cloak calls it at every step for every model, and per-face warps there
+/// cost a host-to-device copy and a handful of small kernels per face.
+pub struct CropPlan {
+    /// One group per pooling factor: the factor, each face's picture index, the grids.
+    groups: Vec<(i64, Tensor, Tensor)>,
+    /// Puts the groups' faces back in the order they were given.
+    order: Tensor,
+    channels: i64,
+}
+
+impl CropPlan {
+    /// `faces` are (picture index in the batch, face, that picture's [h, w] before padding);
+    /// `batch` is the [B, C, H, W] size of the zero-padded batch the plan will crop from.
+    pub fn new(alignment: Alignment, faces: &[(i64, FaceGeometry, [i64; 2])], batch: &[i64], device: Device) -> CropPlan {
+        let (channels, padded) = (batch[1], [batch[2], batch[3]]);
+        let out = alignment.output_size();
+        let mut by_factor: std::collections::BTreeMap<i64, Vec<(usize, i64, Sampling)>> = Default::default();
+        for (i, (b, face, size)) in faces.iter().enumerate() {
+            let sampling = Sampling::new(alignment.output_to_input(face, *size), padded, out);
+            by_factor.entry(sampling.factor).or_default().push((i, *b, sampling));
+        }
+        let mut position = vec![0i64; faces.len()];
+        let mut groups = Vec::new();
+        let mut next = 0;
+        for (factor, members) in by_factor {
+            let n = members.len() as i64;
+            let thetas: Vec<f64> = members.iter().flat_map(|(_, _, s)| s.theta).collect();
+            let theta = Tensor::from_slice(&thetas).to_kind(Kind::Float).to_device(device).view([n, 2, 3]);
+            let grid = Tensor::affine_grid_generator(&theta, [n, channels, out[0], out[1]], false);
+            let pictures = Tensor::from_slice(&members.iter().map(|(_, b, _)| *b).collect::<Vec<_>>()).to_device(device);
+            for (i, _, _) in &members {
+                position[*i] = next;
+                next += 1;
+            }
+            groups.push((factor, pictures, grid));
+        }
+        CropPlan { groups, order: Tensor::from_slice(&position).to_device(device), channels }
+    }
+
+    /// The crops of every face from `x` ([B, C, H, W], zero-padded pictures): [faces, C, h, w].
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        debug_assert_eq!(x.size()[1], self.channels);
+        let crops: Vec<Tensor> = self
+            .groups
+            .iter()
+            .map(|(factor, pictures, grid)| pool(x, *factor).index_select(0, pictures).grid_sampler(grid, 0, 0, false))
+            .collect();
+        Tensor::cat(&crops, 0).index_select(0, &self.order)
+    }
 }
 
 /// Applies an affine map to a point.
@@ -223,6 +296,29 @@ mod tests {
         let m = Alignment::BoxCrop { height: 160, width: 160, margin: 10.0 }.output_to_input(&face, [200, 200]);
         // The outer edges of the output (-0.5 and 159.5) land on the box edges (10 and 70 in x).
         assert!(close(apply(&m, [-0.5, -0.5])[0], 10.0 - 0.5) && close(apply(&m, [159.5, 0.0])[0], 70.0 - 0.5));
+    }
+
+    #[test]
+    fn a_crop_plan_matches_cropping_each_face_alone() {
+        // Two pictures of different sizes in one padded batch; faces small (no pooling) and
+        // large (pooled by 2 and 3), in a shuffled order.
+        let small = Tensor::rand([3, 300, 260], (Kind::Float, Device::Cpu));
+        let large = Tensor::rand([3, 500, 640], (Kind::Float, Device::Cpu));
+        let batch = Tensor::stack(&[small.constant_pad_nd([0, 380, 0, 200]), large.shallow_clone()], 0);
+        let face = |scale: f64, dx: f64| FaceGeometry {
+            bbox: [dx, 10.0, dx + 100.0 * scale, 10.0 + 120.0 * scale],
+            landmarks: ARCFACE_112.map(|[a, b]| [a * scale + dx, b * scale + 10.0]),
+        };
+        let faces = [(1, face(2.5, 60.0), [500, 640]), (0, face(1.0, 20.0), [300, 260]), (1, face(3.5, 200.0), [500, 640]), (0, face(0.8, 150.0), [300, 260])];
+        for alignment in [Alignment::Arcface { size: 112 }, Alignment::BoxCrop { height: 160, width: 160, margin: 16.0 }] {
+            let plan = CropPlan::new(alignment, &faces, &batch.size(), Device::Cpu);
+            let together = plan.apply(&batch);
+            for (i, (b, f, _)) in faces.iter().enumerate() {
+                let alone = alignment.crop(&[&small, &large][*b as usize].unsqueeze(0), f);
+                let gap = (together.get(i as i64) - alone.squeeze_dim(0)).abs().max().double_value(&[]);
+                assert!(gap < 1e-4, "{alignment:?} face {i}: {gap}");
+            }
+        }
     }
 
     #[test]
