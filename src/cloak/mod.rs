@@ -118,6 +118,16 @@ struct FaceRecord {
 }
 
 impl Stage for Cloak {
+    /// Installing LPIPS weights changes what a perceptual budget computes, so it reruns the stage.
+    fn fingerprint_extra(&self) -> Result<String> {
+        let perceptual = methods::config(self.method, &self.mode(), self.seed)?.budget.perceptual.is_some();
+        let path = crate::models::lpips::installed_path();
+        Ok(match std::fs::metadata(&path) {
+            Ok(m) if perceptual => format!("lpips {} bytes", m.len()),
+            _ => String::new(),
+        })
+    }
+
     fn run(&self, ctx: &mut Context) -> Result<()> {
         let device = crate::models::device(&self.device)?;
         let mode = self.mode();
@@ -144,6 +154,7 @@ impl Stage for Cloak {
         }
         let total: usize = by_user.values().map(Vec::len).sum();
         info(ctx.options.quiet, &format!("cloak: {total} pictures of {} users, {} {mode}, ensemble {ensemble:?}", by_user.len(), self.method.name()));
+        info(ctx.options.quiet, &format!("cloak: {}", cloaker.notes()));
         let zoo = cloaker::load_with_alignment(&crate::models::cards()?.into_iter().filter(|c| crate::models::weights_path(c).is_ok()).map(|c| c.id).collect::<Vec<_>>(), device)?;
         let mut work = Work {
             cloaker: &cloaker,
@@ -358,7 +369,7 @@ impl Cloak {
             Arc::new(BooleanArray::from(records.iter().map(|r| r.within_budget).collect::<Vec<_>>())),
             Arc::new(Float64Array::from_iter_values(records.iter().map(|r| r.seconds))),
             Arc::new(StringArray::from(records.iter().map(|r| r.target.clone()).collect::<Vec<_>>())),
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(self.method.notes(), n))),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(cloaker.notes(), n))),
         ];
         let shifts: Vec<(&FaceRecord, &(String, bool, f64))> = records.iter().flat_map(|r| r.shifts.iter().map(move |s| (r, s))).collect();
         let shift_cols: Vec<Arc<dyn Array>> = vec![

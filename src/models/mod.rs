@@ -20,6 +20,7 @@ pub mod facenet_irv1;
 pub mod faceplugin_mbf;
 pub mod hse_mobilenet;
 pub mod layers;
+pub mod lpips;
 pub mod mobileface;
 pub mod mobilefacenet_tflite;
 pub mod torchscript;

@@ -10,7 +10,7 @@ use crate::golden::golden_batch;
 
 /// Two golden dlib chips, the second placed at an offset in a larger canvas, with faces whose
 /// landmarks sit on dlib's template (so the dlib chip of each is the chip itself).
-fn targets() -> Option<Vec<engine::Target>> {
+pub fn targets() -> Option<Vec<engine::Target>> {
     let (chips, _) = golden_batch("dlib_resnet29_150", "embeddings")?;
     let template = DLIB_MEAN_FACE.map(|[x, y]| [(0.25 + x) / 1.5 * 150.0, (0.25 + y) / 1.5 * 150.0]);
     let face = |dx: f64, dy: f64| FaceGeometry { bbox: [25.0 + dx, 20.0 + dy, 125.0 + dx, 135.0 + dy], landmarks: template.map(|[x, y]| [x + dx, y + dy]) };
@@ -43,7 +43,7 @@ fn fawkes_respects_dssim_linf_and_pixel_range() {
     let model = dlib();
     let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
     let cfg = fawkes("high", 30, 0);
-    let out = engine::run(&cfg, &ensemble, &targets, Device::Cpu);
+    let out = engine::run(&cfg, &ensemble, None, &targets, Device::Cpu);
     for (t, c) in targets.iter().zip(&out) {
         assert_eq!(c.pixels.size(), t.pixels.size());
         let linf = (&c.pixels - &t.pixels).abs().max().double_value(&[]);
@@ -63,9 +63,9 @@ fn the_same_seed_gives_the_same_cloak() {
     let Some(targets) = targets() else { return };
     let model = dlib();
     let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
-    let a = engine::run(&fawkes("low", 5, 7), &ensemble, &targets, Device::Cpu);
-    let b = engine::run(&fawkes("low", 5, 7), &ensemble, &targets, Device::Cpu);
-    let c = engine::run(&fawkes("low", 5, 8), &ensemble, &targets, Device::Cpu);
+    let a = engine::run(&fawkes("low", 5, 7), &ensemble, None, &targets, Device::Cpu);
+    let b = engine::run(&fawkes("low", 5, 7), &ensemble, None, &targets, Device::Cpu);
+    let c = engine::run(&fawkes("low", 5, 8), &ensemble, None, &targets, Device::Cpu);
     for i in 0..2 {
         assert!(a[i].pixels.equal(&b[i].pixels), "picture {i}: same seed, different cloak");
     }
@@ -77,7 +77,7 @@ fn a_cloak_moves_features_far_more_than_noise_of_the_same_size() {
     let Some(targets) = targets() else { return };
     let model = dlib();
     let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
-    let out = engine::run(&fawkes("high", 30, 0), &ensemble, &targets, Device::Cpu);
+    let out = engine::run(&fawkes("high", 30, 0), &ensemble, None, &targets, Device::Cpu);
     tch::manual_seed(3);
     for (t, c) in targets.iter().zip(&out) {
         let linf = (&c.pixels - &t.pixels).abs().max().double_value(&[]);

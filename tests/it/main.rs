@@ -9,6 +9,7 @@ mod cloak;
 mod detect;
 mod baseline;
 mod golden;
+mod lpips;
 mod resume;
 mod s3;
 mod user_models;
