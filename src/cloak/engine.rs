@@ -151,6 +151,8 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>
     let budget_crop = CropPlan::new(BUDGET_CROP, &faces, &x0.size(), device);
     let original = tch::no_grad(|| embed_all(config, ensemble, &plans, &x0));
     let budget_x0 = tch::no_grad(|| budget_crop.apply(&x0));
+    // The originals' side of LPIPS does not change between steps: computed once.
+    let lpips = lpips.filter(|_| config.budget.perceptual.is_some()).map(|net| tch::no_grad(|| (net, net.reference(&budget_x0), net.reference(&x0))));
     let mut state = State::new(config, &x0, device);
     let mut weight = Tensor::ones([n], (Kind::Float, device)); // Fawkes' c_diff per picture
     let mut best = Best::new(&x0);
@@ -166,8 +168,8 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>
             loss += (&picture_dssim - b.threshold).clamp_min(0.0).square().sum(Kind::Float) * b.weight;
         }
         if let Some(w) = config.budget.perceptual {
-            let (face, whole) = match lpips {
-                Some(net) => (per_picture(&net.distance(&face_crops, &budget_x0), &face_picture, n, true), net.distance(&x, &x0)),
+            let (face, whole) = match &lpips {
+                Some((net, face_x0, whole_x0)) => (per_picture(&net.distance_to(&face_crops, face_x0), &face_picture, n, true), net.distance_to(&x, whole_x0)),
                 None => (picture_dssim.shallow_clone(), dssim(&x, &x0, 255.0)),
             };
             loss += ((face + whole) * (0.5 * w)).sum(Kind::Float);

@@ -65,16 +65,23 @@ impl LpipsAlex {
 
     /// LPIPS distance between pictures `a` and `b` ([N, 3, H, W], RGB 0..255): [N].
     pub fn distance(&self, a: &Tensor, b: &Tensor) -> Tensor {
-        let (fa, fb) = (self.activations(a), self.activations(b));
-        let mut total: Option<Tensor> = None;
-        for ((x, y), w) in fa.iter().zip(&fb).zip(&self.lins) {
-            let term = (unit_over_channels(x) - unit_over_channels(y)).square().conv2d::<&Tensor>(w, None, 1, 0, 1, 1).mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float);
-            total = Some(match total {
-                Some(t) => t + term,
-                None => term,
-            });
-        }
-        total.expect("five layers")
+        self.distance_to(a, &self.reference(b))
+    }
+
+    /// What `distance` needs of the second pictures, for comparing many against the same ones.
+    pub fn reference(&self, b: &Tensor) -> Reference {
+        Reference(self.activations(b).iter().map(unit_over_channels).collect())
+    }
+
+    /// LPIPS distance between pictures `a` and the pictures of `reference`: [N].
+    pub fn distance_to(&self, a: &Tensor, reference: &Reference) -> Tensor {
+        self.activations(a)
+            .iter()
+            .zip(&reference.0)
+            .zip(&self.lins)
+            .map(|((x, y), w)| (unit_over_channels(x) - y).square().conv2d::<&Tensor>(w, None, 1, 0, 1, 1).mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float))
+            .reduce(|total, term| total + term)
+            .expect("five layers")
     }
 
     /// The five ReLU outputs (relu1 .. relu5) on `x` (0..255).
@@ -92,6 +99,10 @@ impl LpipsAlex {
         out
     }
 }
+
+/// The unit-normalised activations of reference pictures ([`LpipsAlex::reference`]).
+#[derive(Debug)]
+pub struct Reference(Vec<Tensor>);
 
 /// Where `make lpips` puts the converted weights.
 pub fn installed_path() -> PathBuf {

@@ -19,6 +19,7 @@ fn golden() -> (LpipsAlex, Tensor, Tensor, Tensor) {
     assert!(out.status.success(), "lpips_golden.py failed:\n{}{}", text(&out.stdout), text(&out.stderr));
     let net = LpipsAlex::load(&dir.join("lpips_alex.safetensors"), Device::Cpu).unwrap();
     let cases: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("cases.safetensors")).unwrap().into_iter().collect();
+    std::fs::remove_dir_all(&dir).ok();
     (net, cases["a"].shallow_clone(), cases["b"].shallow_clone(), cases["distance"].shallow_clone())
 }
 
