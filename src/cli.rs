@@ -55,7 +55,7 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         ensemble: Option<Vec<String>>,
         #[arg(long, value_enum, default_value = "png")]
-        format: crate::cloak::cloaker::OutputFormat,
+        format: crate::attack::cloaker::OutputFormat,
         /// JPEG quality when --format jpg.
         #[arg(long, default_value_t = 95)]
         jpeg_quality: u8,
@@ -166,21 +166,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Models { command: ModelsCommand::List } => models_list(),
         Command::Cloak { paths, method, mode, ensemble, format, jpeg_quality, out, recursive, batch_size, seed, device, quiet } => {
             let method = match method {
-                MethodArg::Fawkes => crate::cloak::methods::Method::Fawkes,
-                MethodArg::Lowkey => crate::cloak::methods::Method::Lowkey,
-                MethodArg::Anticluster => crate::cloak::methods::Method::Anticluster,
+                MethodArg::Fawkes => crate::attack::methods::Method::Fawkes,
+                MethodArg::Lowkey => crate::attack::methods::Method::Lowkey,
+                MethodArg::Anticluster => crate::attack::methods::Method::Anticluster,
             };
-            crate::cloak::command::run(&crate::cloak::command::Request {
+            crate::commands::cloak::run(&crate::commands::cloak::Request {
                 paths, method, mode, ensemble, format, jpeg_quality, out, recursive, batch_size, seed, device, quiet,
             })
         }
         Command::Stages => stages(),
         Command::Bench { command: BenchCommand::Baseline { dataset, model, batch_size, device } } => {
-            crate::bench::baseline(&dataset, &model, batch_size, &device)
+            crate::commands::bench::baseline(&dataset, &model, batch_size, &device)
         }
-        Command::Bench { command: BenchCommand::Zoo { run_root, force } } => crate::bench::zoo(&run_root, force),
+        Command::Bench { command: BenchCommand::Zoo { run_root, force } } => crate::commands::bench::zoo(&run_root, force),
         Command::Bench { command: BenchCommand::Cloak { size, pictures, steps, batch_sizes, device } } => {
-            crate::bench::cloak([size[0], size[1]], pictures, steps, &batch_sizes, &device)
+            crate::commands::bench::cloak([size[0], size[1]], pictures, steps, &batch_sizes, &device)
         }
     }
 }

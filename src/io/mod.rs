@@ -16,8 +16,11 @@
 //! ```
 
 pub mod image;
-pub mod ingest;
-pub mod table;
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 use std::{future::Future, path::PathBuf, sync::{Arc, OnceLock}};
 

@@ -22,7 +22,7 @@ pub struct ModelCard {
     #[serde(default)]
     pub normalisation: String,
     /// The alignment the model was trained with: `arcface`, `dlib_chip`, `facenet_crop` or
-    /// `loose_box` (see [`crate::detect::align`]).
+    /// `loose_box` (see [`crate::face::align`]).
     pub alignment: String,
     #[serde(default)]
     pub alignment_detail: String,

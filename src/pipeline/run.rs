@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Plan, stage::Context};
-use crate::io::{Location, table};
+use crate::io::{Location, hex};
+use crate::tables as table;
 use crate::progress::info;
 
 /// Options that apply to the whole run, not to one stage.
@@ -120,6 +121,3 @@ fn fingerprint(kind: &str, config: &toml::Table, inputs: &[(String, String)], ex
     hex(&Sha256::digest(material.to_string().as_bytes()))
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}

@@ -7,7 +7,8 @@ use anyhow::{Result, anyhow};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 
-use crate::io::{Location, table};
+use crate::io::Location;
+use crate::tables as table;
 use crate::progress::Progress;
 
 /// A runnable stage, built from its configuration.
@@ -47,20 +48,7 @@ where
     Ok(Box::new(table.try_into::<T>()?))
 }
 
-/// Every component kind, in pipeline order.
-pub fn kinds() -> &'static [Kind] {
-    &[
-        crate::io::ingest::KIND,
-        crate::train::split::KIND,
-        crate::detect::KIND,
-        crate::cloak::KIND,
-        crate::cloak::reencode::KIND,
-        crate::embed::KIND,
-        crate::train::classify::KIND,
-        crate::evaluate::KIND,
-        crate::evaluate::verify::KIND,
-    ]
-}
+pub use crate::stages::kinds;
 
 pub fn kind(name: &str) -> Result<&'static Kind> {
     kinds().iter().find(|k| k.name == name).ok_or_else(|| anyhow!("unknown kind {name:?}; kinds are {}", kind_names()))

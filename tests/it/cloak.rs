@@ -1,8 +1,8 @@
 //! Invariants of the attack engine that can fail: budgets hold, pixels stay valid, seeds
 //! reproduce, and a cloak moves the attacker's features far more than noise of the same size.
 
-use cloakbench::cloak::{engine, methods};
-use cloakbench::detect::align::{Alignment, DLIB_MEAN_FACE, FaceGeometry};
+use cloakbench::attack::{engine, methods};
+use cloakbench::face::align::{Alignment, DLIB_MEAN_FACE, FaceGeometry};
 use cloakbench::models::{self, FaceModel};
 use tch::{Device, Kind, Tensor};
 
@@ -51,7 +51,7 @@ fn fawkes_respects_dssim_linf_and_pixel_range() {
         assert!(c.pixels.min().double_value(&[]) >= 0.0 && c.pixels.max().double_value(&[]) <= 255.0);
         // Recompute DSSIM independently on the budget crop.
         let crop = Alignment::SquareBox { size: 112, margin: 30.0 };
-        let d = cloakbench::cloak::ssim::dssim(&crop.crop(&c.pixels.unsqueeze(0), &t.faces[0]), &crop.crop(&t.pixels.unsqueeze(0), &t.faces[0]), 255.0).double_value(&[0]);
+        let d = cloakbench::attack::ssim::dssim(&crop.crop(&c.pixels.unsqueeze(0), &t.faces[0]), &crop.crop(&t.pixels.unsqueeze(0), &t.faces[0]), 255.0).double_value(&[0]);
         assert!(d <= 1.1 * 0.017 + 1e-6, "DSSIM {d} over 1.1 x threshold");
         assert!((d - c.dssim).abs() < 1e-4 && c.within_budget, "reported DSSIM {} vs {d}", c.dssim);
         assert!(linf > 1.0, "the cloak did nothing");

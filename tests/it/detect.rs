@@ -1,7 +1,7 @@
 //! MTCNN against facenet-pytorch's own detections (`../shared/golden/mtcnn`): same number of
 //! faces, boxes and landmarks within 1 px, probabilities within 1e-3.
 
-use cloakbench::detect::mtcnn::{Mtcnn, Settings};
+use cloakbench::face::mtcnn::{Mtcnn, Settings};
 use cloakbench::io::image::{DecodeLimits, decode};
 use tch::Device;
 

@@ -5,8 +5,8 @@
 
 use std::process::Command;
 
-use cloakbench::cloak::{engine, methods};
-use cloakbench::detect::align::Alignment;
+use cloakbench::attack::{engine, methods};
+use cloakbench::face::align::Alignment;
 use cloakbench::models::{self, lpips::LpipsAlex};
 use tch::{Device, Kind, Tensor};
 

@@ -2,7 +2,7 @@
 //!
 //! A batch of pictures (full resolution, any sizes) and their detected faces go in; each face
 //! is cropped for each model of the attacker's ensemble with the model's own alignment
-//! (a differentiable warp, [`crate::detect::align`]), so the perturbation is optimised on the
+//! (a differentiable warp, [`crate::face::align`]), so the perturbation is optimised on the
 //! original pixels. Per step:
 //!
 //! 1. pixels from the variable (`direct`: x = v; `tanh`: x = 255 (tanh(w0 + v) + 1) / 2);
@@ -24,7 +24,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::ssim::dssim;
-use crate::detect::align::{Alignment, CropPlan, FaceGeometry};
+use crate::face::align::{Alignment, CropPlan, FaceGeometry};
 use crate::models::FaceModel;
 use crate::models::lpips::LpipsAlex;
 

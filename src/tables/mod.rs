@@ -20,7 +20,7 @@ use parquet::{
 };
 use serde::Deserialize;
 
-use super::{Location, block_on};
+use crate::io::{Location, block_on};
 
 /// Metadata key naming the table a Parquet file holds.
 pub const TABLE_KEY: &str = "cloakbench.table";

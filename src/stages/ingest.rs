@@ -16,9 +16,10 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::image::{DecodeLimits, decode};
-use super::{Location, fetch_many, split_url, table};
-use crate::pipeline::run::hex;
+use crate::io::image::{DecodeLimits, decode};
+use crate::io::{Location, fetch_many, split_url};
+use crate::tables as table;
+use crate::io::hex;
 use crate::pipeline::stage::{Context, Kind, Stage, build_from};
 use crate::progress::info;
 

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::engine::{self, Cloaked, Goal, Member, Target};
 use super::methods::{self, Method};
 use super::ssim::dssim;
-use crate::detect::align::{Alignment, FaceGeometry};
+use crate::face::align::{Alignment, FaceGeometry};
 use crate::models::lpips::LpipsAlex;
 use crate::models::{self, FaceModel};
 

@@ -8,12 +8,6 @@
 //!   table with those pictures swapped for their cloaked copies, same image ids) that the rest of
 //!   a pipeline embeds and trains on, and the `cloaks` and `cloak_shifts` tables.
 
-pub mod cloaker;
-pub mod command;
-pub mod engine;
-pub mod methods;
-pub mod reencode;
-pub mod ssim;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,13 +19,14 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
-use cloaker::{Cloaker, OutputFormat};
-use methods::Method;
-use crate::detect::align::FaceGeometry;
-use crate::embed::{PictureLoader, Picture, all_faces, ok_pictures};
+use crate::attack::cloaker::{self, Cloaker, OutputFormat};
+use crate::attack::methods::{self, Method};
+use crate::attack::engine;
+use crate::face::align::FaceGeometry;
+use crate::stages::embed::{PictureLoader, Picture, all_faces, ok_pictures};
 use crate::io::image::{DecodeLimits, to_chw_f32};
-use crate::io::table::{self, column};
-use crate::pipeline::run::hex;
+use crate::tables::{self as table, column};
+use crate::io::hex;
 use crate::pipeline::stage::{Context, Kind, Stage, build_from};
 use crate::progress::info;
 
@@ -139,7 +134,7 @@ impl Stage for Cloak {
         let images = ctx.read("images")?;
         let every_face = all_faces(&ctx.read("faces")?)?;
         let faces: HashMap<String, FaceGeometry> = every_face.iter().map(|(id, f)| (id.clone(), f[0])).collect();
-        let splits = crate::train::classify::read_splits(&ctx.read("splits")?)?;
+        let splits = crate::stages::classify::read_splits(&ctx.read("splits")?)?;
         let protected = protected_users(&ctx.read("splits")?)?;
         let pictures = ok_pictures(&images)?;
         // Pictures to cloak, by user; and each user's clean training faces (for goals).
@@ -215,7 +210,7 @@ impl Stage for Cloak {
 struct Work<'a> {
     cloaker: &'a Cloaker,
     /// Every installed model of the zoo, for the `cloak_shifts` table.
-    zoo: &'a [(Box<dyn crate::models::FaceModel>, crate::detect::align::Alignment)],
+    zoo: &'a [(Box<dyn crate::models::FaceModel>, crate::face::align::Alignment)],
     ensemble: &'a [String],
     every_face: &'a HashMap<String, Vec<FaceGeometry>>,
     loader: PictureLoader,
@@ -346,7 +341,7 @@ impl Cloak {
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         scored.truncate(20);
-        let pick = crate::train::Rng::new(self.seed as u64 ^ 0xF4A3).below(scored.len() as u64) as usize;
+        let pick = crate::rng::Rng::new(self.seed as u64 ^ 0xF4A3).below(scored.len() as u64) as usize;
         let (_, name, e) = scored.swap_remove(pick);
         Ok(GoalData { user: Some(user_embeddings), target: Some((name, e)) })
     }

@@ -14,8 +14,8 @@ use arrow_array::{Array, BooleanArray, StringArray};
 use serde::Deserialize;
 use tch::{Device, Kind as DType, Tensor, nn, nn::OptimizerConfig};
 
-use crate::embed::read_embeddings;
-use crate::io::table::{self, column};
+use crate::stages::embed::read_embeddings;
+use crate::tables::{self as table, column};
 use crate::pipeline::stage::{Context, Kind, Stage, build_from};
 
 pub const KIND: Kind = Kind {

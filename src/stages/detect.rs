@@ -5,8 +5,6 @@
 //! `error` row for one that could not be read again, so every picture is accounted for. Its
 //! work is saved in parts, so an interrupted run resumes where it stopped.
 
-pub mod align;
-pub mod mtcnn;
 
 use std::sync::Arc;
 
@@ -15,9 +13,10 @@ use arrow_array::{Array, FixedSizeListArray, Float32Array, Int32Array, RecordBat
 use arrow_schema::{DataType, Field};
 use serde::Deserialize;
 
-use crate::embed::{PictureLoader, ok_pictures};
+use crate::stages::embed::{PictureLoader, ok_pictures};
 use crate::io::image::DecodeLimits;
-use crate::io::table;
+use crate::face::mtcnn;
+use crate::tables as table;
 use crate::pipeline::stage::{Context, Kind, Stage, build_from};
 use crate::progress::info;
 

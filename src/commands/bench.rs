@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use arrow_array::{Array, Float64Array, StringArray};
 use tch::{Kind, Tensor};
 
-use crate::io::table::{self, column};
+use crate::tables::{self as table, column};
 use crate::pipeline::{self, RunOptions};
 
 pub fn baseline(dataset: &str, model: &str, batch_size: usize, device: &str) -> Result<ExitCode> {
@@ -157,8 +157,8 @@ fn collect_zoo_figures(dir: &crate::io::Location, plan: &pipeline::Plan, rows: &
 /// Every method runs `steps` optimisation steps (a short run, to keep the benchmark minutes
 /// long); the per-step time is projected onto each method's own schedule.
 pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize], device_name: &str) -> Result<ExitCode> {
-    use crate::cloak::{engine, methods};
-    use crate::detect::align::{Alignment, DLIB_MEAN_FACE, FaceGeometry};
+    use crate::attack::{engine, methods};
+    use crate::face::align::{Alignment, DLIB_MEAN_FACE, FaceGeometry};
     let device = crate::models::device(device_name)?;
     let golden = std::path::Path::new("../shared/golden/dlib_resnet29_150/inputs");
     let png = std::fs::read_dir(golden)

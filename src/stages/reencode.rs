@@ -11,12 +11,12 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::cloaker::{OutputFormat, encode};
-use super::{Replacement, swap_images};
-use crate::embed::{PictureLoader, ok_pictures};
+use crate::attack::cloaker::{OutputFormat, encode};
+use super::cloak::{Replacement, swap_images};
+use crate::stages::embed::{PictureLoader, ok_pictures};
 use crate::io::image::{DecodeLimits, resize};
-use crate::io::table;
-use crate::pipeline::run::hex;
+use crate::tables as table;
+use crate::io::hex;
 use crate::pipeline::stage::{Context, Kind, Stage, build_from};
 
 pub const KIND: Kind = Kind {

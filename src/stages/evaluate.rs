@@ -5,7 +5,6 @@
 //! pictures. The `metrics` table has one row per (classifier, model, identity) and one overall
 //! row per (classifier, model) with a null identity; the same figures are printed as a table.
 
-pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use anyhow::Result;
 use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, StringArray};
 use serde::Deserialize;
 
-use crate::io::table::{self, column};
+use crate::tables::{self as table, column};
 use crate::pipeline::stage::{Context, Kind, Stage, build_from};
 
 pub const KIND: Kind = Kind {

@@ -12,8 +12,8 @@ use arrow_array::{Array, BooleanArray, StringArray};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::Rng;
-use crate::io::table::{self, column};
+use crate::rng::Rng;
+use crate::tables::{self as table, column};
 use crate::pipeline::stage::{Context, Kind, Stage, build_from};
 
 pub const KIND: Kind = Kind {

@@ -9,7 +9,7 @@
 //! - `resize`: the whole picture resized to the model's input size, for datasets already
 //!   cropped or aligned for the model (glint24 is ArcFace-aligned).
 //! - `aligned`: the picture's largest face from the `faces` table (the `detect` stage), cropped
-//!   with the alignment the model card names (see [`crate::detect::align`]). Wire it with
+//!   with the alignment the model card names (see [`crate::face::align`]). Wire it with
 //!   `inputs = { images = "images", faces = "faces" }`. A picture without a face falls back to
 //!   `resize`; the `crop` column says which was used.
 
@@ -24,9 +24,9 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use tch::{Device, Tensor};
 
-use crate::detect::align::{Alignment, FaceGeometry};
+use crate::face::align::{Alignment, FaceGeometry};
 use crate::io::image::{DecodeLimits, decode, resize, to_chw_f32};
-use crate::io::table::{self, column};
+use crate::tables::{self as table, column};
 use crate::io::{Location, fetch_many};
 use crate::models::{self, FaceModel};
 use crate::pipeline::stage::{Context, Kind, Stage, build_from};

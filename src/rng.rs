@@ -1,13 +1,4 @@
-//! The trainer's side of the study: how data is split, and the classifiers a face-recognition
-//! trainer fits on embeddings.
-//!
-//! - [`split`]: the FaceScrub protocol's per-identity, seeded 70/30 train/test split, naming the
-//!   protected users.
-//! - [`classify`]: 1-nearest-neighbour and a linear probe (standardise + softmax regression
-//!   trained with tch) on frozen embeddings.
-
-pub mod classify;
-pub mod split;
+//! A seedable generator the whole crate shares (splits, target picks, samples).
 
 /// SplitMix64: a tiny, well-mixed, seedable generator. Splits and samples must be the same on
 /// every machine and version, so we own the generator rather than depend on a crate's stream.

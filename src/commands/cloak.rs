@@ -11,11 +11,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use tch::Tensor;
 
-use super::cloaker::{self, Cloaker, OutputFormat};
-use super::engine::Target;
-use super::methods::Method;
-use crate::detect::align::FaceGeometry;
-use crate::detect::mtcnn::{Mtcnn, Settings};
+use crate::attack::cloaker::{self, Cloaker, OutputFormat};
+use crate::attack::engine::Target;
+use crate::attack::methods::Method;
+use crate::face::align::FaceGeometry;
+use crate::face::mtcnn::{Mtcnn, Settings};
 use crate::io::image::{DecodeLimits, decode, to_chw_f32};
 use crate::progress::{Progress, info};
 

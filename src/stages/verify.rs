@@ -10,8 +10,8 @@ use arrow_array::{Array, Float64Array, Int64Array, StringArray};
 use serde::Deserialize;
 use tch::{Kind as DType, Tensor};
 
-use crate::embed::read_embeddings;
-use crate::io::table::{self, column};
+use crate::stages::embed::read_embeddings;
+use crate::tables::{self as table, column};
 use crate::pipeline::stage::{Context, Kind, Stage, build_from};
 
 pub const KIND: Kind = Kind {

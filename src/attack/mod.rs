@@ -1,0 +1,4 @@
+pub mod cloaker;
+pub mod engine;
+pub mod methods;
+pub mod ssim;
