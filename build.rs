@@ -1,11 +1,14 @@
-//! Makes the cloakbench binaries find libtorch at run time.
+//! Makes the cloakbench binaries find libtorch at run time, and digests the code they are built
+//! from (stage fingerprints include it, so a rebuilt binary never reuses stale tables).
 //!
 //! torch-sys links libtorch but its link arguments do not propagate to dependents, and the
 //! libraries live inside the Python torch wheel (see scripts/setup.sh), not on the system path.
 //! So we add an rpath to the wheel's `lib/` folder, and link `libtorch` with `--no-as-needed`:
 //! libtorch.so is what pulls in libtorch_cuda.so, whose static initialisers register the CUDA
 //! backend. Without it the linker drops the "unused" library and CUDA is never seen.
-use std::{env, path::PathBuf, process::Command};
+use std::{env, path::Path, path::PathBuf, process::Command};
+
+use sha2::{Digest, Sha256};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
@@ -16,6 +19,31 @@ fn main() {
     println!("cargo:rustc-link-search=native={dir}");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch,--as-needed");
+    println!("cargo:rustc-env=CLOAKBENCH_CODE_DIGEST={}", code_digest());
+}
+
+/// SHA-256 over every file of src/ and schemas/, Cargo.lock and this script, by path.
+fn code_digest() -> String {
+    let mut files = Vec::new();
+    for dir in ["src", "schemas"] {
+        println!("cargo:rerun-if-changed={dir}");
+        collect(Path::new(dir), &mut files);
+    }
+    files.extend([PathBuf::from("Cargo.lock"), PathBuf::from("build.rs")]);
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.to_string_lossy().as_bytes());
+        h.update(std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display())));
+    }
+    h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a readable folder").path();
+        if path.is_dir() { collect(&path, out) } else { out.push(path) }
+    }
 }
 
 /// The folder holding libtorch.so: `$LIBTORCH/lib`, or the active Python's torch wheel.

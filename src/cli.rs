@@ -1,12 +1,13 @@
 //! Command-line interface: flags in, one function per command, an exit code out.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::pipeline::{self, RunOptions};
+use crate::stages::KINDS;
 
 /// Cloak face photos and measure, on real data, whether the cloak still protects anyone.
 #[derive(Parser, Debug)]
@@ -148,6 +149,20 @@ enum ModelsCommand {
     List,
 }
 
+/// Exit codes of `cloakbench run` (documented in the README).
+pub mod exit {
+    /// Every stage ran (or was up to date) and no item failed.
+    pub const SUCCESS: u8 = 0;
+    /// The run stopped on an error; the message names what and where.
+    pub const ERROR: u8 = 1;
+    /// The pipeline or its overrides are invalid: nothing ran and nothing was written.
+    /// Retrying cannot help.
+    pub const INVALID: u8 = 2;
+    /// The run completed and wrote its tables, but some items failed (pictures that could not
+    /// be read, protected pictures left uncloaked): the summary on stderr names them.
+    pub const ITEMS_FAILED: u8 = 3;
+}
+
 /// Parses the command line, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -155,7 +170,8 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cloakbench: error: {e:#}");
-            ExitCode::FAILURE
+            let invalid = e.chain().any(|cause| cause.is::<pipeline::PlanError>());
+            ExitCode::from(if invalid { exit::INVALID } else { exit::ERROR })
         }
     }
 }
@@ -171,7 +187,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 MethodArg::Anticluster => crate::attack::methods::Method::Anticluster,
             };
             crate::commands::cloak::run(&crate::commands::cloak::Request {
-                paths, method, mode, ensemble, format, jpeg_quality, out, recursive, batch_size, seed, device, quiet,
+                paths,
+                method,
+                mode,
+                ensemble,
+                format,
+                jpeg_quality,
+                out,
+                recursive,
+                batch_size,
+                seed,
+                device,
+                quiet,
             })
         }
         Command::Stages => stages(),
@@ -185,17 +212,27 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn run(path: &PathBuf, mut set: Vec<String>, run_root: Option<String>, options: RunOptions) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read pipeline", path.display()))?;
+fn run(path: &Path, mut set: Vec<String>, run_root: Option<String>, options: RunOptions) -> Result<ExitCode> {
     if let Some(root) = run_root {
         set.push(format!("pipeline.run_root={root}"));
     }
-    let plan = pipeline::parse(&text, &set).with_context(|| format!("{}", path.display()))?;
+    let plan = pipeline::load(path, &set, KINDS)?;
     let summary = pipeline::run(&plan, &options)?;
     for text in &summary.report {
         println!("{text}");
     }
     println!("\ntables in {}", summary.run_dir);
+    let failures = summary.failure_lines();
+    if !failures.is_empty() {
+        eprintln!("[cloakbench] summary of items that failed or were skipped (details in {}/_run.json):", summary.run_dir);
+        for line in failures {
+            eprintln!("[cloakbench]   {line}");
+        }
+    }
+    if summary.failed() > 0 {
+        eprintln!("[cloakbench] {} items failed: exit code {}", summary.failed(), exit::ITEMS_FAILED);
+        return Ok(ExitCode::from(exit::ITEMS_FAILED));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -207,15 +244,21 @@ fn models_list() -> Result<ExitCode> {
         let weak = if card.weak { " (weak)" } else { "" };
         println!(
             "{:<34} {input:>9} {:>5} {:<12} {installed:<9} {:<48} {}",
-            format!("{}{weak}", card.id), card.output_dim, card.alignment, format!("{} {}", card.source.registry, card.source.package), card.licence
+            format!("{}{weak}", card.id),
+            card.output_dim,
+            card.alignment,
+            format!("{} {}", card.source.registry, card.source.package),
+            card.licence
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn stages() -> Result<ExitCode> {
-    for k in pipeline::stage::kinds() {
-        println!("{:<10} {:?} -> {:?}\n           {}", k.name, k.inputs, k.outputs, k.summary);
+    let slots = |slots: &[pipeline::Slot]| slots.iter().map(|s| s.name).collect::<Vec<_>>();
+    for k in KINDS {
+        let optional = if k.optional_inputs.is_empty() { String::new() } else { format!(" (optional {:?})", slots(k.optional_inputs)) };
+        println!("{:<10} {:?}{optional} -> {:?}\n           {}", k.name, slots(k.inputs), slots(k.outputs), k.summary);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,5 +10,6 @@ pub mod models;
 pub mod pipeline;
 pub mod progress;
 pub mod rng;
+pub mod runtime;
 pub mod stages;
 pub mod tables;

@@ -7,12 +7,7 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    // MKL picks its summation order by the alignment of each buffer, which differs from one
-    // process to the next: the same cloak then differed in a few pixels between two runs. Strict
-    // conditional numerical reproducibility makes a seed give the same bytes in every run.
-    if std::env::var_os("MKL_CBWR").is_none() {
-        // SAFETY: no other thread exists yet, and nothing has read the environment.
-        unsafe { std::env::set_var("MKL_CBWR", "AUTO,STRICT") };
-    }
+    // The same seed gives the same bytes in every run (MKL's strict reproducible mode).
+    cloakbench::runtime::make_cpu_reproducible();
     cloakbench::cli::main()
 }

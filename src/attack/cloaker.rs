@@ -11,7 +11,7 @@ use super::methods::{self, Method};
 use super::ssim::dssim;
 use crate::face::align::{Alignment, FaceGeometry};
 use crate::models::lpips::LpipsAlex;
-use crate::models::{self, FaceModel};
+use crate::models::{self, FaceModel, l2_normalise};
 
 /// A loaded method + ensemble.
 pub struct Cloaker {
@@ -42,7 +42,7 @@ pub fn load_with_alignment(ids: &[String], device: Device) -> Result<Vec<(Box<dy
     ids.iter()
         .map(|id| {
             let model = models::load(id, device)?;
-            let alignment = Alignment::from_card(&model.card().alignment, model.card().input_size)?;
+            let alignment = Alignment::from_card(model.card())?;
             Ok((model, alignment))
         })
         .collect()
@@ -78,25 +78,31 @@ impl Cloaker {
     }
 
     /// L2-normalised clean embeddings of faces, one [faces, D] tensor per ensemble model.
-    pub fn embed_faces(&self, faces: &[(&Tensor, FaceGeometry)]) -> Vec<Tensor> {
+    pub fn embed_faces(&self, faces: &[(&Tensor, FaceGeometry)]) -> Result<Vec<Tensor>> {
+        if faces.is_empty() {
+            bail!("no face to embed");
+        }
         tch::no_grad(|| {
             self.ensemble
                 .iter()
                 .map(|(model, alignment)| {
                     let crops: Vec<Tensor> = faces.iter().map(|(px, f)| alignment.crop(&px.unsqueeze(0).to_device(self.device), f)).collect();
-                    normalise(&model.embed(&Tensor::cat(&crops, 0)))
+                    Ok(l2_normalise(&model.embed(&Tensor::cat(&crops, 0))?))
                 })
                 .collect()
         })
     }
 
-    /// Cloaks `targets`. `user_faces` are the clean embeddings of the protected user's faces (per
-    /// model) and `target_faces` those of the chosen target identity; the methods that need them
-    /// (anticluster, fawkes_v03) fail without them.
+    /// Cloaks `targets` (pictures without a face come back unchanged). `user` holds the clean
+    /// embeddings of the protected user's faces (per model) and `target_identity` those of the
+    /// chosen target identity; the methods that need them (anticluster, fawkes_v03) fail
+    /// without them.
     pub fn cloak(&self, targets: &[Target], user: Option<&[Tensor]>, target_identity: Option<&[Tensor]>) -> Result<Vec<Cloaked>> {
         let mut config = methods::config(self.method, &self.mode, self.seed)?;
         config.steps = self.steps();
+        let faceless = targets.iter().all(|t| t.faces.is_empty());
         config.objective.goal = match self.method {
+            _ if faceless => Goal::Away,
             Method::Fawkes | Method::Lowkey => Goal::Away,
             Method::Anticluster => {
                 let Some(user) = user else { bail!("anticluster needs the user's clean embeddings") };
@@ -105,7 +111,7 @@ impl Cloaker {
             Method::FawkesV03 => {
                 let (Some(user), Some(target)) = (user, target_identity) else { bail!("fawkes_v03 needs a target identity") };
                 let faces: Vec<(&Tensor, FaceGeometry)> = targets.iter().flat_map(|t| t.faces.iter().map(move |f| (&t.pixels, *f))).collect();
-                let own = self.embed_faces(&faces);
+                let own = self.embed_faces(&faces)?;
                 // T = f(x) + 2 (mean f(target) - mean f(user)), per face and model.
                 let points = own
                     .iter()
@@ -116,12 +122,8 @@ impl Cloaker {
             }
         };
         let members: Vec<Member> = self.ensemble.iter().map(|(m, a)| Member { model: m.as_ref(), alignment: *a }).collect();
-        Ok(engine::run(&config, &members, self.lpips.as_ref(), targets, self.device))
+        engine::run(&config, &members, self.lpips.as_ref(), targets, self.device)
     }
-}
-
-fn normalise(e: &Tensor) -> Tensor {
-    e / e.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12)
 }
 
 /// Image-quality figures of a cloaked picture against its original ([3, H, W], 0..255).
@@ -151,15 +153,18 @@ pub fn face_dssim(original: &Tensor, cloaked: &Tensor, face: &FaceGeometry) -> f
 }
 
 /// 1 - cosine similarity of a face's embedding before and after cloaking, for one model.
-pub fn shift(model: &dyn FaceModel, alignment: Alignment, original: &Tensor, cloaked: &Tensor, face: &FaceGeometry) -> f64 {
+pub fn shift(model: &dyn FaceModel, alignment: Alignment, original: &Tensor, cloaked: &Tensor, face: &FaceGeometry) -> Result<f64> {
     tch::no_grad(|| {
         let device = model.device();
         let crops = Tensor::cat(
-            &[alignment.crop(&original.to_kind(Kind::Float).unsqueeze(0).to_device(device), face), alignment.crop(&cloaked.to_kind(Kind::Float).unsqueeze(0).to_device(device), face)],
+            &[
+                alignment.crop(&original.to_kind(Kind::Float).unsqueeze(0).to_device(device), face),
+                alignment.crop(&cloaked.to_kind(Kind::Float).unsqueeze(0).to_device(device), face),
+            ],
             0,
         );
-        let e = normalise(&model.embed(&crops));
-        1.0 - (e.get(0) * e.get(1)).sum(Kind::Double).double_value(&[])
+        let e = l2_normalise(&model.embed(&crops)?);
+        Ok(1.0 - (e.get(0) * e.get(1)).sum(Kind::Double).double_value(&[]))
     })
 }
 
@@ -181,7 +186,7 @@ pub fn encode(rgb: &image::RgbImage, format: OutputFormat, jpeg_quality: u8) -> 
     Ok(out)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
     Png,

@@ -21,12 +21,13 @@
 //! Pictures of different sizes share a batch by zero-padding to the largest; crops only sample
 //! each picture's own region, and the padding is cut off at the end.
 
+use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};
 
 use super::ssim::dssim;
 use crate::face::align::{Alignment, CropPlan, FaceGeometry};
-use crate::models::FaceModel;
 use crate::models::lpips::LpipsAlex;
+use crate::models::{FaceModel, l2_normalise};
 
 /// How the optimised variable becomes pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,10 +38,16 @@ pub enum Parameterisation {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Optimiser {
-    Adadelta { lr: f64 },
-    Adam { lr: f64 },
+    Adadelta {
+        lr: f64,
+    },
+    Adam {
+        lr: f64,
+    },
     /// x -= step * sign(gradient of the loss), step in 0..255 units.
-    Signed { step: f64 },
+    Signed {
+        step: f64,
+    },
 }
 
 /// What the feature term wants.
@@ -136,20 +143,24 @@ pub struct Cloaked {
 /// The crop on which DSSIM is measured: Fawkes' 112x112 square around the face, 30 px margin.
 const BUDGET_CROP: Alignment = Alignment::SquareBox { size: 112, margin: 30.0 };
 
-/// Runs the attack on a batch of pictures. Pictures without faces come back unchanged.
-/// `lpips` is the perceptual metric of a perceptual budget; without it, DSSIM stands in.
-pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>, targets: &[Target], device: Device) -> Vec<Cloaked> {
+/// Runs the attack on a batch of pictures. Pictures without faces come back unchanged, and an
+/// empty batch gives an empty result. `lpips` is the perceptual metric of a perceptual budget;
+/// without it, DSSIM stands in. Fails when the ensemble is empty or a model refuses its input.
+pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>, targets: &[Target], device: Device) -> Result<Vec<Cloaked>> {
+    if ensemble.is_empty() {
+        bail!("the attack needs at least one model in its ensemble");
+    }
+    if targets.iter().all(|t| t.faces.is_empty()) {
+        return Ok(unchanged(targets));
+    }
     tch::manual_seed(config.seed);
     let (x0, sizes) = pad_batch(targets, device);
     let faces: Vec<(i64, FaceGeometry, [i64; 2])> =
         targets.iter().zip(&sizes).enumerate().flat_map(|(b, (t, size))| t.faces.iter().map(move |f| (b as i64, *f, *size))).collect();
     let n = targets.len() as i64;
-    if faces.is_empty() {
-        return unchanged(targets);
-    }
     let plans: Vec<CropPlan> = ensemble.iter().map(|m| CropPlan::new(m.alignment, &faces, &x0.size(), device)).collect();
     let budget_crop = CropPlan::new(BUDGET_CROP, &faces, &x0.size(), device);
-    let original = tch::no_grad(|| embed_all(config, ensemble, &plans, &x0));
+    let original = tch::no_grad(|| embed_all(config, ensemble, &plans, &x0))?;
     let budget_x0 = tch::no_grad(|| budget_crop.apply(&x0));
     // The originals' side of LPIPS does not change between steps: computed once.
     let lpips = lpips.filter(|_| config.budget.perceptual.is_some()).map(|net| tch::no_grad(|| (net, net.reference(&budget_x0), net.reference(&x0))));
@@ -159,7 +170,7 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>
     let face_picture = Tensor::from_slice(&faces.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device);
     for step in 0..config.steps {
         let x = state.pixels();
-        let embeddings = embed_all(config, ensemble, &plans, &x);
+        let embeddings = embed_all(config, ensemble, &plans, &x)?;
         let feature = per_picture(&feature_term(config, &embeddings, &original), &face_picture, n, false);
         let face_crops = budget_crop.apply(&x);
         let picture_dssim = per_picture(&dssim(&face_crops, &budget_x0, 255.0), &face_picture, n, true);
@@ -183,15 +194,16 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>
         });
     }
     // The last iterate counts too.
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         let x = state.pixels();
-        let feature = per_picture(&feature_term(config, &embed_all(config, ensemble, &plans, &x), &original), &face_picture, n, false);
+        let feature = per_picture(&feature_term(config, &embed_all(config, ensemble, &plans, &x)?, &original), &face_picture, n, false);
         let d = per_picture(&dssim(&budget_crop.apply(&x), &budget_x0, 255.0), &face_picture, n, true);
         best.record(config, &x, &feature, &d);
-    });
+        Ok(())
+    })?;
     let (best_feature, best_dssim) = best.figures();
     let best_x = best.x;
-    targets
+    Ok(targets
         .iter()
         .enumerate()
         .map(|(b, t)| {
@@ -207,7 +219,7 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>
                 within_budget: best_dssim[b] <= limit,
             }
         })
-        .collect()
+        .collect())
 }
 
 fn unchanged(targets: &[Target]) -> Vec<Cloaked> {
@@ -219,17 +231,14 @@ fn pad_batch(targets: &[Target], device: Device) -> (Tensor, Vec<[i64; 2]>) {
     let sizes: Vec<[i64; 2]> = targets.iter().map(|t| [t.pixels.size()[1], t.pixels.size()[2]]).collect();
     let hmax = sizes.iter().map(|s| s[0]).max().unwrap_or(1);
     let wmax = sizes.iter().map(|s| s[1]).max().unwrap_or(1);
-    let padded: Vec<Tensor> = targets
-        .iter()
-        .zip(&sizes)
-        .map(|(t, s)| t.pixels.to_kind(Kind::Float).constant_pad_nd([0, wmax - s[1], 0, hmax - s[0]]))
-        .collect();
+    let padded: Vec<Tensor> =
+        targets.iter().zip(&sizes).map(|(t, s)| t.pixels.to_kind(Kind::Float).constant_pad_nd([0, wmax - s[1], 0, hmax - s[0]])).collect();
     (Tensor::stack(&padded, 0).to_device(device), sizes)
 }
 
 /// Embeddings of every face for every ensemble member (and smoothed copies): one tensor per
 /// member. `plans` crop the faces the way each member wants them.
-fn embed_all(config: &AttackConfig, ensemble: &[Member], plans: &[CropPlan], x: &Tensor) -> Vec<Tensor> {
+fn embed_all(config: &AttackConfig, ensemble: &[Member], plans: &[CropPlan], x: &Tensor) -> Result<Vec<Tensor>> {
     let objective = &config.objective;
     let mut out = Vec::new();
     for (member, plan) in ensemble.iter().zip(plans) {
@@ -239,18 +248,12 @@ fn embed_all(config: &AttackConfig, ensemble: &[Member], plans: &[CropPlan], x: 
             views.push(gaussian_blur(&face_crops, kernel, sigma));
         }
         for view in views {
-            let mut e = member.model.embed(&view);
-            if objective.flip {
-                e = e + member.model.embed(&view.flip([3]));
-            }
+            let e = member.model.embed(&view)?;
+            let e = if objective.flip { e + member.model.embed(&view.flip([3]))? } else { e };
             out.push(l2_normalise(&e));
         }
     }
-    out
-}
-
-fn l2_normalise(e: &Tensor) -> Tensor {
-    e / e.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12)
+    Ok(out)
 }
 
 /// Per-face feature term, larger = better for the attacker (summed over members): [faces].
@@ -271,9 +274,7 @@ fn feature_term(config: &AttackConfig, embeddings: &[Tensor], original: &[Tensor
             (Goal::Away, Distance::MeanSquaredOverNorm) => {
                 (e - e0).square().mean_dim([1i64].as_slice(), false, Kind::Float) / e0.norm_scalaropt_dim(2, [1i64].as_slice(), false)
             }
-            (Goal::Away, _) => {
-                (e - e0).square().sum_dim_intlist([1i64].as_slice(), false, Kind::Float) / e0.norm_scalaropt_dim(2, [1i64].as_slice(), false)
-            }
+            (Goal::Away, _) => (e - e0).square().sum_dim_intlist([1i64].as_slice(), false, Kind::Float) / e0.norm_scalaropt_dim(2, [1i64].as_slice(), false),
         };
         total = Some(match total {
             Some(t) => t + term,
@@ -354,9 +355,14 @@ fn gaussian_blur(x: &Tensor, kernel: i64, sigma: f64) -> Tensor {
     let c = x.size()[1];
     let pad = kernel / 2;
     let padded = x.reflection_pad2d([pad, pad, pad, pad]);
-    padded
-        .conv2d(&g.view([1, 1, 1, kernel]).expand([c, 1, 1, kernel], false), None::<Tensor>, [1, 1], [0, 0], [1, 1], c)
-        .conv2d(&g.view([1, 1, kernel, 1]).expand([c, 1, kernel, 1], false), None::<Tensor>, [1, 1], [0, 0], [1, 1], c)
+    padded.conv2d(&g.view([1, 1, 1, kernel]).expand([c, 1, 1, kernel], false), None::<Tensor>, [1, 1], [0, 0], [1, 1], c).conv2d(
+        &g.view([1, 1, kernel, 1]).expand([c, 1, kernel, 1], false),
+        None::<Tensor>,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        c,
+    )
 }
 
 /// The optimised variable and the optimiser's memory.
@@ -390,7 +396,7 @@ impl State {
     fn step(&mut self, loss: &Tensor, step: usize, config: &AttackConfig) {
         if let Some((every, factor)) = config.lr_decay
             && step > 0
-            && step % every == 0
+            && step.is_multiple_of(every)
         {
             self.lr_scale *= factor;
         }
@@ -434,6 +440,6 @@ impl State {
             None => x,
             Some(w0) => (&x / 127.5 - 1.0).clamp(-1.0 + 1e-6, 1.0 - 1e-6).atanh() - w0,
         };
-        let _ = self.variable.f_copy_(&new).expect("in-place copy");
+        self.variable.f_copy_(&new).expect("in-place copy");
     }
 }

@@ -81,12 +81,7 @@ pub fn config(method: Method, mode: &str, seed: i64) -> Result<AttackConfig> {
                 lr_decay: None,
                 init_noise: 1e-4,
                 objective: Objective { goal: Goal::Away, distance: Distance::NormalisedSquared, flip: false, smoothing: None },
-                budget: Budget {
-                    dssim: Some(DssimBudget { threshold: th, weight: 1e6, adaptive: true }),
-                    perceptual: None,
-                    linf,
-                    best_within: Some(1.1),
-                },
+                budget: Budget { dssim: Some(DssimBudget { threshold: th, weight: 1e6, adaptive: true }), perceptual: None, linf, best_within: Some(1.1) },
                 seed,
             }
         }
@@ -127,12 +122,7 @@ pub fn config(method: Method, mode: &str, seed: i64) -> Result<AttackConfig> {
             lr_decay: None,
             init_noise: 1e-4,
             objective: Objective { goal: Goal::AwayFromCentroid(vec![]), distance: Distance::NormalisedSquared, flip: false, smoothing: None },
-            budget: Budget {
-                dssim: Some(DssimBudget { threshold: 0.012, weight: 1e6, adaptive: true }),
-                perceptual: None,
-                linf,
-                best_within: Some(1.1),
-            },
+            budget: Budget { dssim: Some(DssimBudget { threshold: 0.012, weight: 1e6, adaptive: true }), perceptual: None, linf, best_within: Some(1.1) },
             seed,
         },
         _ => return bad_mode(method, mode),

@@ -11,35 +11,35 @@ use std::time::Instant;
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use arrow_array::{Array, Float64Array, StringArray};
 use tch::{Kind, Tensor};
 
-use crate::tables::{self as table, column};
+use crate::io::parquet;
 use crate::pipeline::{self, RunOptions};
+use crate::stages::KINDS;
+use crate::tables::{metrics, verification};
 
 pub fn baseline(dataset: &str, model: &str, batch_size: usize, device: &str) -> Result<ExitCode> {
     let scratch = std::env::temp_dir().join(format!("cloakbench-bench-{}", std::process::id()));
-    let text = format!(
-        "[pipeline]\nname = \"bench\"\nrun_root = {root:?}\n\
-         [stages.ingest]\nkind = \"ingest\"\ndataset = {dataset:?}\n\
-         [stages.embed]\nkind = \"embed\"\nmodel = {model:?}\nbatch_size = {batch_size}\ndevice = {device:?}\n",
+    let ingest = format!(
+        "[pipeline]\nname = \"bench\"\nrun_root = {root:?}\n[stages.ingest]\nkind = \"ingest\"\ndataset = {dataset:?}\n",
         root = scratch.display().to_string(),
     );
+    let embed = format!("{ingest}[stages.embed]\nkind = \"embed\"\nmodel = {model:?}\nbatch_size = {batch_size}\ndevice = {device:?}\n");
     let options = RunOptions { force: true, quiet: true };
-    let plan = pipeline::parse(&text, &[])?;
-    let only_ingest = pipeline::Plan { stages: plan.stages[..1].to_vec(), ..plan.clone() };
+    let only_ingest = pipeline::parse(&ingest, &[], KINDS)?;
+    let plan = pipeline::parse(&embed, &[], KINDS)?;
 
     let t = Instant::now();
     pipeline::run(&only_ingest, &options)?;
     let ingest_s = t.elapsed().as_secs_f64();
     let run_dir = crate::io::Location::open(&scratch.join("bench").display().to_string())?;
-    let n_images: usize = table::read(&run_dir, "images")?.iter().map(|b| b.num_rows()).sum();
+    let n_images: usize = parquet::read(&run_dir, "images")?.iter().map(|b| b.num_rows()).sum();
 
     let t = Instant::now();
     // Not forced: ingest is up to date and skipped, so only embed is timed.
     pipeline::run(&plan, &RunOptions { force: false, quiet: true })?;
     let embed_s = t.elapsed().as_secs_f64();
-    let n_embedded: usize = table::read(&run_dir, "embeddings")?.iter().map(|b| b.num_rows()).sum();
+    let n_embedded: usize = parquet::read(&run_dir, "embeddings")?.iter().map(|b| b.num_rows()).sum();
 
     let raw_s = raw_forward_seconds(model, batch_size, n_embedded, device)?;
     let peak_mib = peak_rss_mib();
@@ -61,12 +61,12 @@ fn raw_forward_seconds(model_id: &str, batch_size: usize, n: usize, device: &str
     let model = crate::models::load(model_id, device)?;
     let [h, w] = model.card().input_size;
     let batch = Tensor::rand([batch_size as i64, 3, h, w], (Kind::Float, device)) * 255.0;
-    let _ = tch::no_grad(|| model.embed(&batch)); // warm-up
+    let _ = tch::no_grad(|| model.embed(&batch))?; // warm-up
     let t = Instant::now();
     let mut done = 0;
     while done < n {
         let take = batch_size.min(n - done) as i64;
-        let out = tch::no_grad(|| model.embed(&batch.narrow(0, 0, take)));
+        let out = tch::no_grad(|| model.embed(&batch.narrow(0, 0, take)))?;
         let _ = out.to_device(tch::Device::Cpu);
         done += take as usize;
     }
@@ -86,8 +86,7 @@ pub fn zoo(run_root: &str, force: bool) -> Result<ExitCode> {
     let options = RunOptions { force, quiet: false };
     let mut rows: BTreeMap<String, ZooRow> = BTreeMap::new();
     for file in ["pipelines/zoo_facescrub12.toml", "pipelines/zoo_lfw.toml"] {
-        let text = std::fs::read_to_string(file).with_context(|| format!("{file}: cannot read (run from the repository root)"))?;
-        let plan = pipeline::parse(&text, &[format!("run_root={run_root}")])?;
+        let plan = pipeline::load(std::path::Path::new(file), &[format!("run_root={run_root}")], KINDS)?;
         pipeline::run(&plan, &options)?;
         let dir = crate::io::Location::open(run_root)?.child(&plan.name);
         collect_zoo_figures(&dir, &plan, &mut rows)?;
@@ -95,13 +94,14 @@ pub fn zoo(run_root: &str, force: bool) -> Result<ExitCode> {
     println!("{:<36} {:>8} {:>8} {:>8} {:>8} {:>10}", "model", "probe", "1-NN", "LFW AUC", "LFW EER", "images/s");
     let cell = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
     for (model, r) in &rows {
-        println!(
-            "{model:<36} {:>8} {:>8} {:>8} {:>8} {:>10}",
-            cell(r.probe, 3), cell(r.nearest, 3), cell(r.auc, 4), cell(r.eer, 4), cell(r.images_per_s, 1)
-        );
+        println!("{model:<36} {:>8} {:>8} {:>8} {:>8} {:>10}", cell(r.probe, 3), cell(r.nearest, 3), cell(r.auc, 4), cell(r.eer, 4), cell(r.images_per_s, 1));
     }
     println!("probe and 1-NN: accuracy on the test split of facescrub12 (70/30 per identity, aligned faces);");
-    println!("images/s: the embed stage on facescrub12 (fetch, decode, align, forward), {} threads, device {:?}", tch::get_num_threads(), tch::Device::cuda_if_available());
+    println!(
+        "images/s: the embed stage on facescrub12 (fetch, decode, align, forward), {} threads, device {:?}",
+        tch::get_num_threads(),
+        tch::Device::cuda_if_available()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -116,16 +116,12 @@ struct ZooRow {
 
 /// Reads the overall metrics, verification figures and embed timings of a finished zoo run.
 fn collect_zoo_figures(dir: &crate::io::Location, plan: &pipeline::Plan, rows: &mut BTreeMap<String, ZooRow>) -> Result<()> {
-    let produced = |t: &str| plan.stages.iter().any(|s| s.outputs.values().any(|o| o == t));
-    if produced("metrics") {
-        for b in table::read(dir, "metrics")? {
-            let (c, m, who, acc) = (column::<StringArray>(&b, "classifier")?, column::<StringArray>(&b, "model")?, column::<StringArray>(&b, "identity")?, column::<Float64Array>(&b, "accuracy")?);
-            for i in (0..b.num_rows()).filter(|&i| who.is_null(i)) {
-                let row = rows.entry(m.value(i).to_owned()).or_default();
-                match c.value(i) {
-                    "linear_probe" => row.probe = Some(acc.value(i)),
-                    _ => row.nearest = Some(acc.value(i)),
-                }
+    if plan.writes("metrics") {
+        for m in metrics::read(&parquet::read(dir, "metrics")?)?.into_iter().filter(|m| m.identity.is_none()) {
+            let row = rows.entry(m.model.clone()).or_default();
+            match m.classifier.as_str() {
+                "linear_probe" => row.probe = Some(m.accuracy),
+                _ => row.nearest = Some(m.accuracy),
             }
         }
         // Throughput of each embed stage, from its recorded run time and row count.
@@ -133,19 +129,16 @@ fn collect_zoo_figures(dir: &crate::io::Location, plan: &pipeline::Plan, rows: &
             let state: serde_json::Value = serde_json::from_slice(&dir.get(&format!("_state/{}.json", stage.name))?)?;
             let seconds = state["seconds"].as_f64().unwrap_or(f64::NAN);
             let table_name = &stage.outputs["embeddings"];
-            let n: usize = table::read(dir, table_name)?.iter().map(|b| b.num_rows()).sum();
-            let model = stage.config.get("model").and_then(|m| m.as_str()).unwrap_or_default();
+            let n: usize = parquet::read(dir, table_name)?.iter().map(|b| b.num_rows()).sum();
+            let model = stage.stage.describe()["model"].as_str().unwrap_or_default().to_owned();
             rows.entry(model.to_owned()).or_default().images_per_s = Some(n as f64 / seconds);
         }
     }
-    if produced("verification") {
-        for b in table::read(dir, "verification")? {
-            let (m, auc, eer) = (column::<StringArray>(&b, "model")?, column::<Float64Array>(&b, "auc")?, column::<Float64Array>(&b, "eer")?);
-            for i in 0..b.num_rows() {
-                let row = rows.entry(m.value(i).to_owned()).or_default();
-                row.auc = Some(auc.value(i));
-                row.eer = Some(eer.value(i));
-            }
+    if plan.writes("verification") {
+        for v in verification::read(&parquet::read(dir, "verification")?)? {
+            let row = rows.entry(v.model).or_default();
+            row.auc = Some(v.auc);
+            row.eer = Some(v.eer);
         }
     }
     Ok(())
@@ -181,25 +174,28 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
     let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
     let lpips = crate::models::lpips::LpipsAlex::installed(device)?;
 
-    println!("cloakbench bench cloak: {w}x{h} pictures, {pictures} per measurement, {steps} steps, ensemble dlib_resnet29_150, device {device:?}, {} threads, LowKey's perceptual term {}",
+    println!(
+        "cloakbench bench cloak: {w}x{h} pictures, {pictures} per measurement, {steps} steps, ensemble dlib_resnet29_150, device {device:?}, {} threads, LowKey's perceptual term {}",
         tch::get_num_threads(),
         if lpips.is_some() { "LPIPS-AlexNet" } else { "DSSIM (LPIPS not installed)" }
     );
     println!("{:<22} {:>6} {:>14} {:>16} {:>12}", "method", "batch", "s/pic/step", "s/pic (schedule)", "pictures/s");
     let mut fawkes_best = f64::INFINITY;
     let mut fawkes_batch1 = f64::NAN;
-    for (method, mode) in [(methods::Method::Fawkes, "low"), (methods::Method::Fawkes, "mid"), (methods::Method::Fawkes, "high"), (methods::Method::Lowkey, "default")] {
+    for (method, mode) in
+        [(methods::Method::Fawkes, "low"), (methods::Method::Fawkes, "mid"), (methods::Method::Fawkes, "high"), (methods::Method::Lowkey, "default")]
+    {
         let schedule = methods::config(method, mode, 0)?.steps;
         for &batch in batch_sizes {
             let mut cfg = methods::config(method, mode, 0)?;
             cfg.steps = steps;
             let targets: Vec<engine::Target> = (0..batch).map(|_| engine::Target { pixels: pixels.shallow_clone(), faces: vec![face] }).collect();
-            engine::run(&cfg, &ensemble, lpips.as_ref(), &targets[..1], device); // warm-up
+            engine::run(&cfg, &ensemble, lpips.as_ref(), &targets[..1], device)?; // warm-up
             let t = Instant::now();
             let mut done = 0;
             while done < pictures {
                 let n = batch.min(pictures - done);
-                engine::run(&cfg, &ensemble, lpips.as_ref(), &targets[..n], device);
+                engine::run(&cfg, &ensemble, lpips.as_ref(), &targets[..n], device)?;
                 done += n;
             }
             let per_step = t.elapsed().as_secs_f64() / pictures as f64 / steps as f64;
@@ -240,7 +236,11 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
     }
     let ref_best = reference.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
     let ref_batch1 = reference.iter().find(|r| r.0 == 1).map_or(f64::NAN, |r| r.1);
-    println!("fawkes time per picture-step, cloakbench / PyTorch: batch 1 {:.2}, best batch {:.2} (below 1 = faster)", fawkes_batch1 / ref_batch1, fawkes_best / ref_best);
+    println!(
+        "fawkes time per picture-step, cloakbench / PyTorch: batch 1 {:.2}, best batch {:.2} (below 1 = faster)",
+        fawkes_batch1 / ref_batch1,
+        fawkes_best / ref_best
+    );
     println!("(the engine also measures DSSIM on Fawkes' 112x112 square crop and keeps the best iterate; the script does neither)");
     Ok(ExitCode::SUCCESS)
 }

@@ -40,7 +40,10 @@ pub struct Request {
 pub fn run(req: &Request) -> Result<ExitCode> {
     let pictures = find_pictures(req)?;
     if pictures.is_empty() {
-        eprintln!("cloakbench cloak: no picture left to cloak in {:?} (looked for {EXTENSIONS:?}; *_cloaked.* files and pictures whose cloaked copy exists are skipped)", req.paths);
+        eprintln!(
+            "cloakbench cloak: no picture left to cloak in {:?} (looked for {EXTENSIONS:?}; *_cloaked.* files and pictures whose cloaked copy exists are skipped)",
+            req.paths
+        );
         return Ok(ExitCode::from(3));
     }
     let device = crate::models::device(&req.device)?;
@@ -70,7 +73,7 @@ pub fn run(req: &Request) -> Result<ExitCode> {
             }
         }
         if !targets.is_empty() {
-            let user = (req.method == Method::Anticluster).then(|| all_faces(&cloaker, &targets));
+            let user = if req.method == Method::Anticluster { Some(all_faces(&cloaker, &targets)?) } else { None };
             let cloaked = cloaker.cloak(&targets, user.as_deref(), None)?;
             for ((path, target), c) in paths.into_iter().zip(&targets).zip(cloaked) {
                 let rgb = cloaker::to_rgb8(&c.pixels);
@@ -80,7 +83,10 @@ pub fn run(req: &Request) -> Result<ExitCode> {
                 let out = output_path(path, req.out.as_deref(), req.format);
                 write_atomically(&out, &cloaker::encode(&rgb, req.format, req.jpeg_quality)?)?;
                 with_faces += 1;
-                info(req.quiet, &format!("cloak: {} -> {} ({} faces, DSSIM {dssim:.4}, PSNR {:.1} dB)", path.display(), out.display(), target.faces.len(), q.psnr));
+                info(
+                    req.quiet,
+                    &format!("cloak: {} -> {} ({} faces, DSSIM {dssim:.4}, PSNR {:.1} dB)", path.display(), out.display(), target.faces.len(), q.psnr),
+                );
             }
         }
         progress.add(chunk.len() as u64);
@@ -95,7 +101,7 @@ pub fn run(req: &Request) -> Result<ExitCode> {
 }
 
 /// The clean embeddings of every face in the batch (the anti-clustering goal's cluster).
-fn all_faces(cloaker: &Cloaker, targets: &[Target]) -> Vec<Tensor> {
+fn all_faces(cloaker: &Cloaker, targets: &[Target]) -> Result<Vec<Tensor>> {
     let faces: Vec<(&Tensor, FaceGeometry)> = targets.iter().flat_map(|t| t.faces.iter().map(move |f| (&t.pixels, *f))).collect();
     cloaker.embed_faces(&faces)
 }
@@ -105,7 +111,7 @@ fn load(path: &Path, detector: &Mtcnn, settings: &Settings) -> Result<Option<Tar
     let bytes = std::fs::read(path).context("cannot read")?;
     let rgb = decode(&bytes, &DecodeLimits::default())?.rgb;
     let faces: Vec<FaceGeometry> = detector
-        .detect(&rgb, settings)
+        .detect(&rgb, settings)?
         .into_iter()
         .filter(|f| f.score >= 0.9)
         .map(|f| FaceGeometry { bbox: f.bbox.map(f64::from), landmarks: f.landmarks.map(|[x, y]| [x as f64, y as f64]) })

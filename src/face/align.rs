@@ -17,20 +17,21 @@
 //! Downscaling a large photo with a bilinear sampler aliases, so when the warp shrinks by 2x or
 //! more the picture is first average-pooled by the integer factor (also differentiable).
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow};
 use tch::{Device, Kind, Tensor};
+
+use crate::models::ModelCard;
+use crate::models::card::AlignmentName;
 
 /// An affine map `[a b c; d e f]`: (x, y) -> (a x + b y + c, d x + e y + f).
 pub type Affine = [[f64; 3]; 2];
 
 /// ArcFace's 5-point template for 112x112 crops (insightface `arcface_dst`).
-pub const ARCFACE_112: [[f64; 2]; 5] =
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
+pub const ARCFACE_112: [[f64; 2]; 5] = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
 
 /// dlib's mean face at the 5 MTCNN points (eye centres, nose, mouth corners), in the unit
 /// square of `get_face_chip_details` (derived from dlib's 68-point mean face shape).
-pub const DLIB_MEAN_FACE: [[f64; 2]; 5] =
-    [[0.224152, 0.2119465], [0.75610125, 0.2119465], [0.490127, 0.628106], [0.254149, 0.780233], [0.726104, 0.780233]];
+pub const DLIB_MEAN_FACE: [[f64; 2]; 5] = [[0.224152, 0.2119465], [0.75610125, 0.2119465], [0.490127, 0.628106], [0.254149, 0.780233], [0.726104, 0.780233]];
 
 /// A detected face: box [x1, y1, x2, y2] and 5 landmarks, in pixels of the picture.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,25 +43,37 @@ pub struct FaceGeometry {
 /// How a model wants its face cropped.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Alignment {
-    Arcface { size: i64 },
-    DlibChip { size: i64, padding: f64 },
+    Arcface {
+        size: i64,
+    },
+    DlibChip {
+        size: i64,
+        padding: f64,
+    },
     /// The box grown by `margin` pixels on each side, clipped to the picture, resized.
-    BoxCrop { height: i64, width: i64, margin: f64 },
+    BoxCrop {
+        height: i64,
+        width: i64,
+        margin: f64,
+    },
     /// The square around the box's centre with side max(w, h) + 2 margin, resized (Fawkes'
     /// face crop; outside the picture is zero where Fawkes pads with the mean colour).
-    SquareBox { size: i64, margin: f64 },
+    SquareBox {
+        size: i64,
+        margin: f64,
+    },
 }
 
 impl Alignment {
-    /// The alignment a model card names, at the card's input size ([height, width]).
-    pub fn from_card(name: &str, input_size: [i64; 2]) -> Result<Alignment> {
-        let [height, width] = input_size;
-        Ok(match name {
-            "arcface" => Alignment::Arcface { size: height },
-            "dlib_chip" => Alignment::DlibChip { size: height, padding: 0.25 },
-            "facenet_crop" => Alignment::BoxCrop { height, width, margin: 16.0 },
-            "loose_box" => Alignment::BoxCrop { height, width, margin: 10.0 },
-            other => bail!("unknown alignment {other:?} (arcface, dlib_chip, facenet_crop, loose_box)"),
+    /// The alignment a model card names, at the card's input size.
+    pub fn from_card(card: &ModelCard) -> Result<Alignment> {
+        card.check().map_err(|e| anyhow!(e))?;
+        let [height, width] = card.input_size;
+        Ok(match card.alignment {
+            AlignmentName::Arcface => Alignment::Arcface { size: height },
+            AlignmentName::DlibChip => Alignment::DlibChip { size: height, padding: 0.25 },
+            AlignmentName::FacenetCrop => Alignment::BoxCrop { height, width, margin: 16.0 },
+            AlignmentName::LooseBox => Alignment::BoxCrop { height, width, margin: 10.0 },
         })
     }
 
@@ -227,11 +240,8 @@ impl CropPlan {
     /// The crops of every face from `x` ([B, C, H, W], zero-padded pictures): [faces, C, h, w].
     pub fn apply(&self, x: &Tensor) -> Tensor {
         debug_assert_eq!(x.size()[1], self.channels);
-        let crops: Vec<Tensor> = self
-            .groups
-            .iter()
-            .map(|(factor, pictures, grid)| pool(x, *factor).index_select(0, pictures).grid_sampler(grid, 0, 0, false))
-            .collect();
+        let crops: Vec<Tensor> =
+            self.groups.iter().map(|(factor, pictures, grid)| pool(x, *factor).index_select(0, pictures).grid_sampler(grid, 0, 0, false)).collect();
         Tensor::cat(&crops, 0).index_select(0, &self.order)
     }
 }

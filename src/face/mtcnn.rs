@@ -29,7 +29,7 @@ pub struct Face {
 }
 
 /// Detection settings (facenet-pytorch's defaults).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub thresholds: [f32; 3],
@@ -40,6 +40,23 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings { thresholds: [0.6, 0.7, 0.7], min_face_size: 20.0, scale_factor: 0.709 }
+    }
+}
+
+impl Settings {
+    /// Settings the pyramid can work with: it shrinks by `scale_factor` per level until faces
+    /// of `min_face_size` are 12 px, so a factor of 1 or more, or a size of 0, never ends.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.scale_factor > 0.0 && self.scale_factor < 1.0) {
+            return Err(format!("scale_factor = {}: must be between 0 and 1 (exclusive): each pyramid level shrinks the picture by it", self.scale_factor));
+        }
+        if !(self.min_face_size.is_finite() && self.min_face_size >= 1.0) {
+            return Err(format!("min_face_size = {}: must be at least 1 (pixels)", self.min_face_size));
+        }
+        if let Some(t) = self.thresholds.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+            return Err(format!("thresholds = {:?}: each must be a probability, within 0..1 (got {t})", self.thresholds));
+        }
+        Ok(())
     }
 }
 
@@ -61,11 +78,16 @@ fn flatten_whc(x: &Tensor) -> Tensor {
     x.permute([0, 3, 2, 1]).contiguous().flatten(1, -1)
 }
 
+/// A network with box-regression and probability outputs (P-Net, R-Net).
+type TwoHeads = Box<dyn Fn(&Tensor) -> (Tensor, Tensor) + Send>;
+/// O-Net: box regression, landmarks and probabilities.
+type ThreeHeads = Box<dyn Fn(&Tensor) -> (Tensor, Tensor, Tensor) + Send>;
+
 /// The three networks.
 pub struct Mtcnn {
-    pnet: Box<dyn Fn(&Tensor) -> (Tensor, Tensor) + Send>,
-    rnet: Box<dyn Fn(&Tensor) -> (Tensor, Tensor) + Send>,
-    onet: Box<dyn Fn(&Tensor) -> (Tensor, Tensor, Tensor) + Send>,
+    pnet: TwoHeads,
+    rnet: TwoHeads,
+    onet: ThreeHeads,
     device: Device,
     _vs: nn::VarStore,
 }
@@ -123,9 +145,14 @@ struct Candidate {
 }
 
 impl Mtcnn {
+    /// Where `make setup` installs the weights.
+    pub fn weights_path() -> std::path::PathBuf {
+        crate::models::models_dir().join("mtcnn.safetensors")
+    }
+
     /// Loads the weights from the models folder (installed by `make setup`).
     pub fn load(device: Device) -> Result<Mtcnn> {
-        let path = crate::models::models_dir().join("mtcnn.safetensors");
+        let path = Self::weights_path();
         if !path.is_file() {
             anyhow::bail!("{}: MTCNN weights not installed; run `make setup`", path.display());
         }
@@ -138,8 +165,9 @@ impl Mtcnn {
     }
 
     /// All faces of a picture, largest first.
-    pub fn detect(&self, rgb: &RgbImage, settings: &Settings) -> Vec<Face> {
-        tch::no_grad(|| self.detect_inner(rgb, settings))
+    pub fn detect(&self, rgb: &RgbImage, settings: &Settings) -> Result<Vec<Face>> {
+        settings.check().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(tch::no_grad(|| self.detect_inner(rgb, settings)))
     }
 
     fn detect_inner(&self, rgb: &RgbImage, s: &Settings) -> Vec<Face> {
@@ -177,10 +205,8 @@ impl Mtcnn {
             .filter(|(_, (_, p))| p[1] > s.thresholds[1])
             .map(|(c, (r, p))| Candidate { b: c.b, score: p[1], reg: [r[0], r[1], r[2], r[3]] })
             .collect();
-        let boxes: Vec<Candidate> = nms(&passed, 0.7, Overlap::Union)
-            .into_iter()
-            .map(|c| Candidate { b: square(regress(c.b, c.reg)), score: c.score, reg: [0.0; 4] })
-            .collect();
+        let boxes: Vec<Candidate> =
+            nms(&passed, 0.7, Overlap::Union).into_iter().map(|c| Candidate { b: square(regress(c.b, c.reg)), score: c.score, reg: [0.0; 4] }).collect();
         if boxes.is_empty() {
             return vec![];
         }
@@ -252,7 +278,12 @@ fn generate_boxes(reg: &Tensor, prob: &Tensor, scale: f32, threshold: f32) -> Ve
             if p[i] >= threshold {
                 let (fx, fy) = (x as f32, y as f32);
                 out.push(Candidate {
-                    b: [((2.0 * fx + 1.0) / scale).floor(), ((2.0 * fy + 1.0) / scale).floor(), ((2.0 * fx + 12.0) / scale).floor(), ((2.0 * fy + 12.0) / scale).floor()],
+                    b: [
+                        ((2.0 * fx + 1.0) / scale).floor(),
+                        ((2.0 * fy + 1.0) / scale).floor(),
+                        ((2.0 * fx + 12.0) / scale).floor(),
+                        ((2.0 * fy + 12.0) / scale).floor(),
+                    ],
                     score: p[i],
                     reg: [r[i], r[plane + i], r[2 * plane + i], r[3 * plane + i]],
                 });

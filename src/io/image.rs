@@ -29,6 +29,16 @@ impl Default for DecodeLimits {
     }
 }
 
+impl DecodeLimits {
+    /// Limits that admit some picture: every bound at least 1.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_bytes == 0 || self.max_pixels == 0 || self.max_side == 0 {
+            return Err(format!("limits = {self:?}: max_bytes, max_pixels and max_side must each be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// Why a file could not be turned into pixels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError(pub String);
@@ -60,16 +70,12 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeErro
     if bytes.len() as u64 > limits.max_bytes {
         return fail(format!("file is {} bytes, over the limit of {} bytes", bytes.len(), limits.max_bytes));
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| DecodeError(format!("cannot read: {e}")))?;
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| DecodeError(format!("cannot read: {e}")))?;
     let Some(format) = reader.format() else {
         return fail(format!("not an image: unrecognised content (first bytes {})", hex_prefix(bytes)));
     };
     let format_name = format.extensions_str().first().copied().unwrap_or("unknown");
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| DecodeError(format!("invalid {format_name} header: {e}")))?;
+    let mut decoder = reader.into_decoder().map_err(|e| DecodeError(format!("invalid {format_name} header: {e}")))?;
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, limits)?;
     let mut decoder_limits = image::Limits::default();
@@ -78,8 +84,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeErro
     decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8));
     decoder.set_limits(decoder_limits).map_err(|e| DecodeError(format!("refused: {e}")))?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut picture = DynamicImage::from_decoder(decoder)
-        .map_err(|e| DecodeError(format!("corrupt {format_name} data: {e}")))?;
+    let mut picture = DynamicImage::from_decoder(decoder).map_err(|e| DecodeError(format!("corrupt {format_name} data: {e}")))?;
     if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // zune-jpeg fills a truncated scan with grey and reports success; a half-grey face
         // would silently poison embeddings, so a JPEG without its end marker is an error.

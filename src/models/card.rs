@@ -21,9 +21,8 @@ pub struct ModelCard {
     pub channel_order: String,
     #[serde(default)]
     pub normalisation: String,
-    /// The alignment the model was trained with: `arcface`, `dlib_chip`, `facenet_crop` or
-    /// `loose_box` (see [`crate::face::align`]).
-    pub alignment: String,
+    /// The alignment the model was trained with (see `crate::face::align`).
+    pub alignment: AlignmentName,
     #[serde(default)]
     pub alignment_detail: String,
     pub output_dim: i64,
@@ -52,6 +51,42 @@ pub struct ModelCard {
     pub source: Source,
 }
 
+/// How a model's input face is cropped from the picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlignmentName {
+    /// 5-point similarity onto ArcFace's template (square input).
+    Arcface,
+    /// Similarity onto dlib's mean face, padding 0.25 (square input).
+    DlibChip,
+    /// The detector's box plus 16 px each side, resized.
+    FacenetCrop,
+    /// The detector's box plus 10 px each side, resized.
+    LooseBox,
+}
+
+impl AlignmentName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlignmentName::Arcface => "arcface",
+            AlignmentName::DlibChip => "dlib_chip",
+            AlignmentName::FacenetCrop => "facenet_crop",
+            AlignmentName::LooseBox => "loose_box",
+        }
+    }
+
+    /// Whether the alignment makes square crops only.
+    pub fn square(self) -> bool {
+        matches!(self, AlignmentName::Arcface | AlignmentName::DlibChip)
+    }
+}
+
+impl std::fmt::Display for AlignmentName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightsFormat {
@@ -73,5 +108,36 @@ pub struct Source {
 impl ModelCard {
     pub fn parse(text: &str) -> Result<ModelCard, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    /// What a card must hold for the model to be used: a positive input size and dimension,
+    /// and a square input where the alignment crops square faces.
+    pub fn check(&self) -> Result<(), String> {
+        let [h, w] = self.input_size;
+        if h <= 0 || w <= 0 || self.output_dim <= 0 {
+            return Err(format!("model {}: input_size {:?} and output_dim {} must be positive", self.id, self.input_size, self.output_dim));
+        }
+        if self.alignment.square() && h != w {
+            return Err(format!(
+                "model {}: input_size [{h}, {w}] is not square, but alignment {} makes square crops; \
+                 give a square input_size, or use facenet_crop or loose_box",
+                self.id, self.alignment
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_square_input_needs_a_box_alignment() {
+        let text = "id = 'x'\ninput_size = [112, 96]\nalignment = 'arcface'\noutput_dim = 8\nweights = 'x.pt'\n";
+        let err = ModelCard::parse(text).unwrap().check().unwrap_err();
+        assert!(err.contains("not square") && err.contains("arcface"), "{err}");
+        assert!(ModelCard::parse(&text.replace("arcface", "loose_box")).unwrap().check().is_ok());
+        assert!(ModelCard::parse(&text.replace("arcface", "sideways")).is_err(), "an unknown alignment is refused");
     }
 }

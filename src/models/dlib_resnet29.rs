@@ -100,10 +100,19 @@ pub struct DlibResNet29 {
 
 /// (channels, downsample) of the 14 blocks, in forward order.
 const BLOCKS: [(i64, bool); 14] = [
-    (32, false), (32, false), (32, false),
-    (64, true), (64, false), (64, false), (64, false),
-    (128, true), (128, false), (128, false),
-    (256, true), (256, false), (256, false),
+    (32, false),
+    (32, false),
+    (32, false),
+    (64, true),
+    (64, false),
+    (64, false),
+    (64, false),
+    (128, true),
+    (128, false),
+    (128, false),
+    (256, true),
+    (256, false),
+    (256, false),
     (256, true),
 ];
 
@@ -139,13 +148,13 @@ impl FaceModel for DlibResNet29 {
         self.mean.device()
     }
 
-    fn embed(&self, pictures: &Tensor) -> Tensor {
+    fn embed(&self, pictures: &Tensor) -> anyhow::Result<Tensor> {
         let x = (pictures - &self.mean) / 256.0;
         let x = self.bn1.forward(&x.apply(&self.conv1)).relu();
         let mut x = x.max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false);
         for block in &self.layers {
             x = block.forward(&x);
         }
-        x.mean_dim([2i64, 3].as_slice(), false, tch::Kind::Float).matmul(&self.fc.tr())
+        Ok(x.mean_dim([2i64, 3].as_slice(), false, tch::Kind::Float).matmul(&self.fc.tr()))
     }
 }

@@ -58,9 +58,12 @@ struct Block {
     relu: bool,
 }
 
+/// A branch of a block: its units as (name, c_in, c_out, kernel).
+type Units<'a> = &'a [(&'a str, i64, i64, [i64; 2])];
+
 impl Block {
-    /// `branches`: per branch, (name, c_in, c_out, kernel) of its units, all "SAME" stride 1.
-    fn new(p: &nn::Path, name: &str, channels: i64, branches: &[&[(&str, i64, i64, [i64; 2])]], scale: f64, relu: bool) -> Block {
+    /// `branches`: per branch, its units, all "SAME" stride 1.
+    fn new(p: &nn::Path, name: &str, channels: i64, branches: &[Units], scale: f64, relu: bool) -> Block {
         let branch_units = branches
             .iter()
             .enumerate()
@@ -171,7 +174,7 @@ impl FaceModel for FacenetIrv1 {
         self.device
     }
 
-    fn embed(&self, pictures: &Tensor) -> Tensor {
+    fn embed(&self, pictures: &Tensor) -> anyhow::Result<Tensor> {
         let x = (pictures - 127.5) / 128.0;
         let x = chain(&self.stem_tail, &max_pool(&chain(&self.stem, &x)));
         let x = self.block35.iter().fold(x, |x, b| b.forward(&x));
@@ -183,6 +186,6 @@ impl FaceModel for FacenetIrv1 {
         let [gamma, beta, mean, var] = &self.bn;
         let y = (pooled.matmul(&self.bottleneck) - mean) / (var + 1e-3).sqrt() * gamma + beta;
         let norm = y.square().sum_dim_intlist([1i64].as_slice(), true, tch::Kind::Float).clamp_min(1e-10).rsqrt();
-        y * norm
+        Ok(y * norm)
     }
 }

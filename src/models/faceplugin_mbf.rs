@@ -53,7 +53,7 @@ impl FaceModel for FacepluginMbf {
         self.device
     }
 
-    fn embed(&self, pictures: &Tensor) -> Tensor {
+    fn embed(&self, pictures: &Tensor) -> anyhow::Result<Tensor> {
         let x = (pictures - 127.0) / 128.0;
         let x = self.stem.1.forward(&self.stem.0.forward(&x));
         let mut x = self.stem_dw.1.forward(&self.stem_dw.0.forward(&x));
@@ -61,6 +61,6 @@ impl FaceModel for FacepluginMbf {
             x = b.forward(&x);
         }
         let x = self.head.1.forward(&self.head.0.forward(&x));
-        self.linear.forward(&self.gdc.forward(&x)).flatten(1, -1)
+        Ok(self.linear.forward(&self.gdc.forward(&x)).flatten(1, -1))
     }
 }

@@ -51,10 +51,8 @@ fn relu6(x: Tensor) -> Tensor {
 }
 
 /// (output channels, depthwise stride) of the 13 separable layers.
-const LAYERS: [(i64, i64); 13] = [
-    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
-];
+const LAYERS: [(i64, i64); 13] =
+    [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)];
 
 impl HseMobileNet {
     pub fn new(p: &nn::Path, card: ModelCard, preprocessing: Preprocessing) -> HseMobileNet {
@@ -91,7 +89,7 @@ impl FaceModel for HseMobileNet {
         self.mean_bgr.device()
     }
 
-    fn embed(&self, pictures: &Tensor) -> Tensor {
+    fn embed(&self, pictures: &Tensor) -> anyhow::Result<Tensor> {
         let x = match self.preprocessing {
             Preprocessing::HseBgrMeans => pictures.flip([1]) - &self.mean_bgr,
             Preprocessing::Rgb255 => pictures.shallow_clone(),
@@ -103,6 +101,6 @@ impl FaceModel for HseMobileNet {
             let y = relu6(y * l.scale.view([1, -1, 1, 1]) + l.shift.view([1, -1, 1, 1]));
             x = relu6(y.conv2d(&l.pointwise, Some(&l.bias), [1, 1], [0, 0], [1, 1], 1));
         }
-        x.mean_dim([2i64, 3].as_slice(), false, tch::Kind::Float)
+        Ok(x.mean_dim([2i64, 3].as_slice(), false, tch::Kind::Float))
     }
 }

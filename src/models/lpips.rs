@@ -19,7 +19,8 @@ use tch::{Device, Kind, Tensor, nn, nn::Module};
 pub const WEIGHTS: &str = "lpips_alex.safetensors";
 
 /// AlexNet's convolutions as torchvision numbers them: (index, in, out, kernel, stride, padding).
-const CONVS: [(usize, i64, i64, i64, i64, i64); 5] = [(0, 3, 64, 11, 4, 2), (3, 64, 192, 5, 1, 2), (6, 192, 384, 3, 1, 1), (8, 384, 256, 3, 1, 1), (10, 256, 256, 3, 1, 1)];
+const CONVS: [(usize, i64, i64, i64, i64, i64); 5] =
+    [(0, 3, 64, 11, 4, 2), (3, 64, 192, 5, 1, 2), (6, 192, 384, 3, 1, 1), (8, 384, 256, 3, 1, 1), (10, 256, 256, 3, 1, 1)];
 
 /// lpips' ScalingLayer: (x - shift) / scale per RGB channel, on x in [-1, 1].
 const SHIFT: [f64; 3] = [-0.030, -0.088, -0.188];
@@ -43,7 +44,7 @@ impl LpipsAlex {
         let convs = CONVS
             .iter()
             .map(|&(i, c_in, c_out, k, stride, padding)| {
-                nn::conv2d(&features.sub(i.to_string()), c_in, c_out, k, nn::ConvConfig { stride, padding, ..Default::default() })
+                nn::conv2d(features.sub(i.to_string()), c_in, c_out, k, nn::ConvConfig { stride, padding, ..Default::default() })
             })
             .collect();
         let lin = root.sub("lin");
@@ -79,7 +80,9 @@ impl LpipsAlex {
             .iter()
             .zip(&reference.0)
             .zip(&self.lins)
-            .map(|((x, y), w)| (unit_over_channels(x) - y).square().conv2d::<&Tensor>(w, None, 1, 0, 1, 1).mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float))
+            .map(|((x, y), w)| {
+                (unit_over_channels(x) - y).square().conv2d::<&Tensor>(w, None, 1, 0, 1, 1).mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float)
+            })
             .reduce(|total, term| total + term)
             .expect("five layers")
     }

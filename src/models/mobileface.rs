@@ -75,7 +75,7 @@ impl FaceModel for MobileFace {
         self.dense.device()
     }
 
-    fn embed(&self, pictures: &Tensor) -> Tensor {
+    fn embed(&self, pictures: &Tensor) -> anyhow::Result<Tensor> {
         let x = (pictures - &self.shift) * &self.scale;
         let mut x = prelu(x.conv2d(&self.conv1.0, None::<Tensor>, [2, 2], [1, 1], [1, 1], 1), &self.conv1.1);
         for s in &self.stages {
@@ -86,6 +86,6 @@ impl FaceModel for MobileFace {
             x = b + a;
         }
         let flat = x.permute([0, 2, 3, 1]).flatten(1, -1);
-        flat.matmul(&self.dense) * &self.bn.0 + &self.bn.1
+        Ok(flat.matmul(&self.dense) * &self.bn.0 + &self.bn.1)
     }
 }

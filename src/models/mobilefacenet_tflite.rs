@@ -57,7 +57,7 @@ impl FaceModel for MobileFaceNetTflite {
         self.device
     }
 
-    fn embed(&self, pictures: &Tensor) -> Tensor {
+    fn embed(&self, pictures: &Tensor) -> anyhow::Result<Tensor> {
         let x = (pictures - 127.5) / 128.0;
         let x = self.stem.1.forward(&self.stem.0.forward(&x));
         let x = self.separable.1.forward(&self.separable.0.forward(&x));
@@ -66,6 +66,6 @@ impl FaceModel for MobileFaceNetTflite {
             x = b.forward(&x);
         }
         let x = self.head.1.forward(&self.head.0.forward(&x));
-        self.logits.forward(&self.linear.forward(&self.gdc.forward(&x))).flatten(1, -1)
+        Ok(self.logits.forward(&self.linear.forward(&self.gdc.forward(&x))).flatten(1, -1))
     }
 }

@@ -35,9 +35,15 @@ pub use card::ModelCard;
 /// A face model: float32 NCHW RGB pictures in 0..255 (at the card's input size) to embeddings.
 pub trait FaceModel: Send {
     fn card(&self) -> &ModelCard;
-    /// Embeddings [N, output_dim]; differentiable with respect to `pictures`.
-    fn embed(&self, pictures: &Tensor) -> Tensor;
+    /// Embeddings [N, output_dim]; differentiable with respect to `pictures`. Our own networks
+    /// never fail; a user's TorchScript module may refuse an input.
+    fn embed(&self, pictures: &Tensor) -> Result<Tensor>;
     fn device(&self) -> Device;
+}
+
+/// Rows scaled to unit length (a zero row stays zero).
+pub fn l2_normalise(e: &Tensor) -> Tensor {
+    e / e.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12)
 }
 
 const CARDS: &[&str] = &[
@@ -53,13 +59,8 @@ const CARDS: &[&str] = &[
 /// Every model card: the zoo's, then the user's (`<id>.toml` files in the models folder).
 pub fn cards() -> Result<Vec<ModelCard>> {
     let mut all: Vec<ModelCard> = CARDS.iter().map(|t| ModelCard::parse(t).expect("bundled model cards parse")).collect();
-    let mut user_files: Vec<_> = std::fs::read_dir(models_dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
+    let mut user_files: Vec<_> =
+        std::fs::read_dir(models_dir()).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
     user_files.sort();
     for path in user_files {
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read model card", path.display()))?;
@@ -72,11 +73,51 @@ pub fn cards() -> Result<Vec<ModelCard>> {
     Ok(all)
 }
 
-/// The card of model `id`.
+/// The card of model `id`, checked (see [`ModelCard::check`]).
 pub fn card(id: &str) -> Result<ModelCard> {
     let all = cards()?;
     let ids: Vec<_> = all.iter().map(|c| c.id.clone()).collect();
-    all.into_iter().find(|c| c.id == id).ok_or_else(|| anyhow!("unknown model {id:?}; installed: {ids:?}"))
+    let card = all.into_iter().find(|c| c.id == id).ok_or_else(|| anyhow!("unknown model {id:?}; models: {}", ids.join(", ")))?;
+    card.check().map_err(|e| anyhow!(e))?;
+    Ok(card)
+}
+
+/// Whether model `id` can be used: its card exists and holds, and its weights are installed.
+/// For a pipeline's validation: nothing is loaded.
+pub fn check_usable(id: &str) -> Result<(), String> {
+    let card = card(id).map_err(|e| format!("{e:#}"))?;
+    weights_path(&card).map(|_| ()).map_err(|e| format!("{e:#}"))
+}
+
+/// What a model's outputs depend on beyond our code: the SHA-256 of its weights file (computed
+/// once per process) and, for a user's model, its card.
+pub fn digest(id: &str) -> Result<serde_json::Value> {
+    let card = card(id)?;
+    let weights = file_digest(&weights_path(&card)?)?;
+    let card_text = match card.format {
+        card::WeightsFormat::Torchscript => serde_json::to_value(&card)?,
+        card::WeightsFormat::Safetensors => serde_json::Value::Null,
+    };
+    Ok(serde_json::json!({ "model": id, "weights": weights, "card": card_text }))
+}
+
+/// SHA-256 of a file, remembered by path, size and modification time.
+pub fn file_digest(path: &std::path::Path) -> Result<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Memo = HashMap<(std::path::PathBuf, u64, std::time::SystemTime), String>;
+    static SEEN: Mutex<Option<Memo>> = Mutex::new(None);
+    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified()?);
+    if let Some(d) = SEEN.lock().expect("digest memo").get_or_insert_default().get(&key) {
+        return Ok(d.clone());
+    }
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("{}: cannot read", path.display()))?;
+    let d = crate::io::hex(&sha2::Digest::finalize(hasher));
+    SEEN.lock().expect("digest memo").get_or_insert_default().insert(key, d.clone());
+    Ok(d)
 }
 
 /// Folder holding converted weights.
@@ -122,15 +163,74 @@ pub fn load(id: &str, device: Device) -> Result<Box<dyn FaceModel>> {
     Ok(model)
 }
 
-/// The device named by a setting: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
-pub fn device(name: &str) -> Result<Device> {
-    match name {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) if (n as i64) < tch::Cuda::device_count() => Ok(Device::Cuda(n)),
-            _ => bail!("device {other:?} is not available (use auto, cpu, cuda or cuda:N; CUDA present: {})", tch::Cuda::is_available()),
-        },
+/// Where a stage runs, as a pipeline file names it: `auto` (CUDA when present), `cpu`, `cuda`
+/// or `cuda:N`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    pub fn parse(name: &str) -> Result<DeviceChoice, String> {
+        match name {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| format!("device {other:?}: use auto, cpu, cuda or cuda:N")),
+        }
     }
+
+    /// Whether this machine has the device (`auto` always resolves).
+    pub fn check(self) -> Result<(), String> {
+        match self {
+            DeviceChoice::Cuda(n) if (n as i64) >= tch::Cuda::device_count() => {
+                Err(format!("device {self}: not available here ({} CUDA devices); use auto or cpu", tch::Cuda::device_count()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn resolve(self) -> Result<Device> {
+        self.check().map_err(|e| anyhow!(e))?;
+        Ok(match self {
+            DeviceChoice::Auto => Device::cuda_if_available(),
+            DeviceChoice::Cpu => Device::Cpu,
+            DeviceChoice::Cuda(n) => Device::Cuda(n),
+        })
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl serde::Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DeviceChoice, D::Error> {
+        let name = String::deserialize(d)?;
+        DeviceChoice::parse(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The device named by a setting (see [`DeviceChoice`]).
+pub fn device(name: &str) -> Result<Device> {
+    DeviceChoice::parse(name).map_err(|e| anyhow!(e))?.resolve()
 }

@@ -35,8 +35,30 @@ impl FaceModel for TorchScriptModel {
         &self.card
     }
 
-    fn embed(&self, pictures: &Tensor) -> Tensor {
-        self.module.forward_ts(&[pictures]).expect("the TorchScript module accepted this input shape at load time")
+    fn embed(&self, pictures: &Tensor) -> Result<Tensor> {
+        let out = self.module.forward_ts(&[pictures]).map_err(|e| {
+            // TorchScript's message is a traceback; the line naming the exception says why.
+            let text = e.to_string();
+            let why = text
+                .lines()
+                .rev()
+                .find(|l| l.contains("Error: "))
+                .or_else(|| text.lines().find(|l| !l.trim().is_empty()))
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            anyhow::anyhow!("model {}: its TorchScript forward failed on a batch of {:?}: {why}", self.card.id, pictures.size())
+        })?;
+        if out.dim() != 2 || out.size()[1] != self.card.output_dim {
+            bail!(
+                "model {}: forward returned {:?} for a batch of {:?}, but the card says [N, {}]",
+                self.card.id,
+                out.size(),
+                pictures.size(),
+                self.card.output_dim
+            );
+        }
+        Ok(out)
     }
 
     fn device(&self) -> Device {

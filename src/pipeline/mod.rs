@@ -1,11 +1,12 @@
-//! The pipeline core: parse a declarative file, validate it into an ordered plan, and run its
-//! stages over named tables.
+//! The pipeline core: parse a declarative file, validate it into a typed plan, order and
+//! fingerprint its stages, and run them over named tables. The core knows tables and stages,
+//! not which stages exist: the registry (`crate::stages::KINDS`) hands the kinds in.
 //!
 //! A pipeline file (see `pipelines/baseline.toml`) has a `[pipeline]` header and one
-//! `[stages.<name>]` table per stage. `kind` picks the component (`ingest`, `split`, `embed`,
-//! `classify`, `evaluate`); `inputs` and `outputs` map the component's slots to table names
-//! (by default a slot reads and writes the table of the same name); every other key is the
-//! component's own configuration, and unknown keys are errors.
+//! `[stages.<name>]` table per stage. `kind` picks the component; `inputs` and `outputs` map its
+//! slots to table names (by default a slot reads and writes the table of the same name);
+//! `fan_out` expands it over values ([`spec`]); every other key is the component's own
+//! configuration, and unknown keys are errors.
 //!
 //! ```toml
 //! [pipeline]
@@ -20,14 +21,19 @@
 //! protected = ["Bill_Hader"]
 //! ```
 //!
-//! Phases follow vector's: [`spec::parse`] checks structure and wiring without touching any
-//! data, [`run::run`] builds each stage and runs it. Each output table is written to
-//! `<run_root>/<pipeline name>/<table>.parquet`, and a fingerprint of each stage's
-//! configuration and inputs is recorded so a rerun skips what is already done.
+//! Phases follow vector's: [`spec`] reads the file (extends, overrides, fan-out) without
+//! touching any data, [`plan`] types and validates every stage and its wiring, [`run`] runs the
+//! plan; [`batch`] is the one resumable-batch mechanism every batch stage uses.
 
+pub mod batch;
+pub mod context;
+pub mod plan;
 pub mod run;
 pub mod spec;
 pub mod stage;
 
-pub use run::{RunOptions, run};
-pub use spec::{Plan, parse};
+pub use batch::Chunks;
+pub use context::{Context, RunOptions, Tally};
+pub use plan::{Plan, PlannedStage, load, parse};
+pub use run::{RunSummary, run};
+pub use stage::{Kind, PlanError, Slot, Stage, StageConfig, check, plan_from};

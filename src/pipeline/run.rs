@@ -1,4 +1,13 @@
-//! Running a plan: fingerprint each stage, skip what is already done, run the rest.
+//! Running a plan: fingerprint each stage, skip what is already done, run the rest, and
+//! account for every item that failed or was skipped.
+//!
+//! A stage's fingerprint is a digest of the code (every source and schema file the binary was
+//! built from), its kind, its typed configuration with defaults, the fingerprints of the stages
+//! that wrote its inputs, and what else it depends on (a dataset listing with each file's
+//! modification time or ETag, the digests of the weight files it loads). After a stage
+//! succeeds, `_state/<stage>.json` records its fingerprint and tally; a rerun skips the stage
+//! when both match and its tables exist, and still counts the items it failed on. The run's
+//! manifest, `_run.json`, lists every stage with its fingerprint, labels, tables and tally.
 
 use std::collections::HashMap;
 
@@ -7,19 +16,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Plan, stage::Context};
+use super::context::{Context, RunOptions, Tally};
+use super::plan::{Plan, PlannedStage};
+use crate::io::parquet;
 use crate::io::{Location, hex};
-use crate::tables as table;
-use crate::progress::info;
 
-/// Options that apply to the whole run, not to one stage.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// Rerun every stage even when its fingerprint matches.
-    pub force: bool,
-    /// No progress display and no log lines.
-    pub quiet: bool,
-}
+/// The digest of the sources, schemas and lock file the binary was built from (build.rs).
+pub const CODE_DIGEST: &str = env!("CLOAKBENCH_CODE_DIGEST");
 
 /// What a stage left behind: recorded in `_state/<stage>.json` after it succeeds.
 #[derive(Serialize, Deserialize)]
@@ -27,15 +30,53 @@ struct StageState {
     fingerprint: String,
     outputs: Vec<String>,
     seconds: f64,
+    #[serde(default)]
+    tally: Tally,
 }
 
-/// What happened to each stage, and what the stages reported for the user.
+/// What happened to one stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageOutcome {
+    pub name: String,
+    pub kind: &'static str,
+    pub labels: Vec<(String, String)>,
+    pub fingerprint: String,
+    /// false: up to date, skipped.
+    pub ran: bool,
+    pub seconds: f64,
+    pub outputs: Vec<String>,
+    pub tally: Tally,
+}
+
+/// What happened in a run.
 #[derive(Debug, Default)]
 pub struct RunSummary {
     pub run_dir: String,
-    pub ran: Vec<String>,
-    pub skipped: Vec<String>,
+    pub stages: Vec<StageOutcome>,
+    /// What the stages reported for the user.
     pub report: Vec<String>,
+}
+
+impl RunSummary {
+    /// Items that failed, over every stage (also those skipped as up to date).
+    pub fn failed(&self) -> u64 {
+        self.stages.iter().map(|s| s.tally.failed.n).sum()
+    }
+
+    /// One line per stage that failed or skipped items, naming the first few.
+    pub fn failure_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for s in &self.stages {
+            for (what, count) in [("failed", &s.tally.failed), ("skipped", &s.tally.skipped)] {
+                if count.n > 0 {
+                    let more = count.n.saturating_sub(count.examples.len() as u64);
+                    let tail = if more > 0 { format!("; and {more} more") } else { String::new() };
+                    lines.push(format!("{}: {} {what}: {}{tail}", s.name, count.n, count.examples.join("; ")));
+                }
+            }
+        }
+        lines
+    }
 }
 
 /// Runs `plan`, writing its tables under `<run_root>/<name>/`.
@@ -43,81 +84,100 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let root = Location::create(&plan.run_root)?;
     let run_dir = root.child(&plan.name);
     let mut summary = RunSummary { run_dir: run_dir.url().to_owned(), ..Default::default() };
-    // table name -> fingerprint of the stage that wrote it
+    // table -> fingerprint of the stage (and slot) that wrote it
     let mut table_fp: HashMap<String, String> = HashMap::new();
-    for spec in &plan.stages {
-        let stage = (spec.kind.build)(spec.config.clone())?;
-        let input_fps: Vec<_> = spec.inputs.values().flatten().map(|t| (t.clone(), table_fp[t].clone())).collect();
-        let fingerprint = fingerprint(spec.kind.name, &spec.config, &input_fps, &stage.fingerprint_extra()?);
-        for table in spec.outputs.values() {
-            table_fp.insert(table.clone(), fingerprint.clone());
+    for stage in &plan.stages {
+        let fingerprint = fingerprint(stage, &table_fp)?;
+        for (slot, table) in &stage.outputs {
+            table_fp.insert(table.clone(), format!("{fingerprint}/{slot}"));
         }
-        let state_key = format!("_state/{}.json", spec.name);
-        if !options.force && is_done(&run_dir, &state_key, &fingerprint, spec.outputs.values())? {
-            info(options.quiet, &format!("{}: up to date, skipped (--force reruns it)", spec.name));
-            summary.skipped.push(spec.name.clone());
-            continue;
-        }
-        // Forget the old state first: if this run is interrupted, the next one redoes the stage.
-        run_dir.delete(&state_key)?;
-        info(options.quiet, &format!("{}: running ({})", spec.name, spec.kind.name));
-        let started = std::time::Instant::now();
-        let mut ctx = Context {
-            stage: &spec.name,
-            run_dir: &run_dir,
-            inputs: &spec.inputs,
-            outputs: &spec.outputs,
-            options,
-            fingerprint: &fingerprint,
-            report: Vec::new(),
-        };
-        stage.run(&mut ctx).with_context(|| format!("stage {} ({})", spec.name, spec.kind.name))?;
-        summary.report.append(&mut ctx.report);
-        let state = StageState {
-            fingerprint,
-            outputs: spec.outputs.values().cloned().collect(),
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        run_dir.put(&state_key, Bytes::from(serde_json::to_vec_pretty(&state)?))?;
-        info(options.quiet, &format!("{}: done in {:.1} s", spec.name, state.seconds));
-        summary.ran.push(spec.name.clone());
+        let outcome = run_stage(stage, fingerprint, &run_dir, options, &mut summary.report)?;
+        summary.stages.push(outcome);
+        write_manifest(plan, &run_dir, &summary)?;
     }
     Ok(summary)
 }
 
-/// A stage is done when its recorded fingerprint matches and all its outputs exist.
-fn is_done<'a>(dir: &Location, state_key: &str, fingerprint: &str, outputs: impl Iterator<Item = &'a String>) -> Result<bool> {
-    if !dir.exists(state_key)? {
-        return Ok(false);
-    }
-    let state: StageState = match serde_json::from_slice(&dir.get(state_key)?) {
-        Ok(s) => s,
-        Err(_) => return Ok(false),
+fn run_stage(stage: &PlannedStage, fingerprint: String, run_dir: &Location, options: &RunOptions, report: &mut Vec<String>) -> Result<StageOutcome> {
+    let state_key = format!("_state/{}.json", stage.name);
+    let outcome = |ran, seconds, tally| StageOutcome {
+        name: stage.name.clone(),
+        kind: stage.kind.name,
+        labels: stage.labels.clone(),
+        fingerprint: fingerprint.clone(),
+        ran,
+        seconds,
+        outputs: stage.outputs.values().cloned().collect(),
+        tally,
     };
-    if state.fingerprint != fingerprint {
-        return Ok(false);
+    if !options.force
+        && let Some(state) = finished(run_dir, &state_key, &fingerprint, stage)?
+    {
+        crate::progress::info(options.quiet, &format!("{}: up to date, skipped (--force reruns it)", stage.name));
+        return Ok(outcome(false, state.seconds, state.tally));
     }
-    for t in outputs {
-        if !table::exists(dir, t)? {
-            return Ok(false);
+    // Forget the old state first: if this run is interrupted, the next one redoes the stage.
+    run_dir.delete(&state_key)?;
+    crate::progress::info(options.quiet, &format!("{}: running ({})", stage.name, stage.kind.name));
+    let started = std::time::Instant::now();
+    let mut ctx = Context::new(&stage.name, run_dir, options, &fingerprint, &stage.inputs, &stage.outputs);
+    stage.stage.run(&mut ctx).with_context(|| format!("stage {} ({})", stage.name, stage.kind.name))?;
+    report.append(&mut ctx.report);
+    let state = StageState {
+        fingerprint: fingerprint.clone(),
+        outputs: stage.outputs.values().cloned().collect(),
+        seconds: started.elapsed().as_secs_f64(),
+        tally: ctx.tally,
+    };
+    run_dir.put(&state_key, Bytes::from(serde_json::to_vec_pretty(&state)?))?;
+    crate::progress::info(options.quiet, &format!("{}: done in {:.1} s", stage.name, state.seconds));
+    Ok(outcome(true, state.seconds, state.tally))
+}
+
+/// The recorded state of a stage that is done: its fingerprint matches and its tables exist.
+fn finished(dir: &Location, state_key: &str, fingerprint: &str, stage: &PlannedStage) -> Result<Option<StageState>> {
+    if !dir.exists(state_key)? {
+        return Ok(None);
+    }
+    let Ok(state) = serde_json::from_slice::<StageState>(&dir.get(state_key)?) else { return Ok(None) };
+    if state.fingerprint != fingerprint {
+        return Ok(None);
+    }
+    for t in stage.outputs.values() {
+        if !parquet::exists(dir, t)? {
+            return Ok(None);
         }
     }
-    Ok(true)
+    Ok(Some(state))
 }
 
-/// SHA-256 over the code version, the stage kind, its configuration, its inputs' fingerprints
-/// and any extra material the stage supplies. The documented schemas are part of the code
-/// version: a table layout change must not reuse tables written in the old layout.
-fn fingerprint(kind: &str, config: &toml::Table, inputs: &[(String, String)], extra: &str) -> String {
-    let schemas: Vec<_> = table::all_schemas().iter().map(|s| format!("{s:?}")).collect();
-    let material = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "schemas": hex(&Sha256::digest(schemas.concat().as_bytes())),
-        "kind": kind,
-        "config": config,
+/// SHA-256 over the code, the stage's kind and typed configuration, its inputs' fingerprints
+/// (by slot: a table's name is not its content) and the stage's own material.
+fn fingerprint(stage: &PlannedStage, table_fp: &HashMap<String, String>) -> Result<String> {
+    let inputs: Vec<(&String, Vec<&String>)> = stage.inputs.iter().map(|(slot, tables)| (slot, tables.iter().map(|t| &table_fp[t]).collect())).collect();
+    let material = stage.stage.fingerprint_material().with_context(|| format!("stage {}: fingerprint", stage.name))?;
+    let all = serde_json::json!({
+        "code": CODE_DIGEST,
+        "kind": stage.kind.name,
+        "config": stage.stage.describe(),
         "inputs": inputs,
-        "extra": extra,
+        "material": material,
     });
-    hex(&Sha256::digest(material.to_string().as_bytes()))
+    Ok(hex(&Sha256::digest(all.to_string().as_bytes())))
 }
 
+/// `_run.json`: the run as it stands, rewritten after every stage.
+fn write_manifest(plan: &Plan, run_dir: &Location, summary: &RunSummary) -> Result<()> {
+    let manifest = serde_json::json!({
+        "pipeline": plan.name,
+        "description": plan.description,
+        "code": CODE_DIGEST,
+        "version": env!("CARGO_PKG_VERSION"),
+        // Whether CPU results are bitwise reproducible in this process (see crate::runtime).
+        "mkl_cbwr": crate::runtime::mkl_mode(),
+        "stages": summary.stages,
+        "aliases": plan.aliases,
+        "failed": summary.failed(),
+    });
+    run_dir.put("_run.json", Bytes::from(serde_json::to_vec_pretty(&manifest)?))
+}

@@ -1,163 +1,192 @@
-//! What a stage is: a component kind (its slots and how to build it from its configuration)
-//! and the [`Context`] through which a running stage reads and writes tables.
+//! What a stage kind is to the core: its name, its table slots, and how its configuration
+//! becomes a validated, runnable [`Stage`]. The core knows no particular kind: the registry
+//! (`crate::stages::KINDS`) hands them in.
 
-use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
 
-use anyhow::{Result, anyhow};
-use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
+use anyhow::Result;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::io::Location;
-use crate::tables as table;
-use crate::progress::Progress;
+use super::context::Context;
 
-/// A runnable stage, built from its configuration.
-pub trait Stage {
-    /// Does the stage's work: reads its input slots and writes every output slot.
-    fn run(&self, ctx: &mut Context) -> Result<()>;
+/// A mistake in a pipeline file or its overrides, found before anything runs (exit code 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError(pub String);
 
-    /// Material beyond the configuration and inputs that decides whether earlier outputs are
-    /// still valid, such as the listing of a dataset. Empty by default.
-    fn fingerprint_extra(&self) -> Result<String> {
-        Ok(String::new())
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
-/// A component kind: its name, its table slots and its constructor.
+impl std::error::Error for PlanError {}
+
+/// A named table slot of a kind, and the table schemas it reads or writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    pub name: &'static str,
+    /// Schemas an input slot accepts; an output slot writes the first.
+    pub schemas: &'static [&'static str],
+}
+
+impl Slot {
+    pub const fn new(name: &'static str, schemas: &'static [&'static str]) -> Slot {
+        Slot { name, schemas }
+    }
+}
+
+/// A stage kind: what `kind = "..."` in a pipeline file selects.
 pub struct Kind {
     pub name: &'static str,
     pub summary: &'static str,
-    pub inputs: &'static [&'static str],
+    pub inputs: &'static [Slot],
     /// Input slots read only when the pipeline file wires them (`inputs = { slot = "table" }`).
-    pub optional_inputs: &'static [&'static str],
-    pub outputs: &'static [&'static str],
-    pub build: fn(toml::Table) -> Result<Box<dyn Stage>>,
+    pub optional_inputs: &'static [Slot],
+    pub outputs: &'static [Slot],
+    /// Turns the stage's own keys into a validated stage, or says what is wrong with them.
+    pub plan: fn(toml::Table) -> Result<Arc<dyn Stage>, String>,
 }
 
-impl std::fmt::Debug for Kind {
+impl Kind {
+    pub fn input_slot(&self, name: &str) -> Option<&Slot> {
+        self.inputs.iter().chain(self.optional_inputs).find(|s| s.name == name)
+    }
+
+    pub fn output_slot(&self, name: &str) -> Option<&Slot> {
+        self.outputs.iter().find(|s| s.name == name)
+    }
+}
+
+impl Debug for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name)
     }
 }
 
-/// Builds a stage from its TOML table into config struct `T` (which rejects unknown keys).
-pub fn build_from<T>(table: toml::Table) -> Result<Box<dyn Stage>>
-where
-    T: Stage + serde::de::DeserializeOwned + 'static,
-{
-    Ok(Box::new(table.try_into::<T>()?))
+/// A validated, runnable stage.
+pub trait Stage: Send + Sync {
+    /// The typed configuration with every default filled in: what the stage's fingerprint is
+    /// made of, so writing a default out changes nothing and changing a default in code does.
+    fn describe(&self) -> serde_json::Value;
+    /// What else decides whether earlier outputs are still valid: a dataset's listing, the
+    /// digests of the weight files the stage uses.
+    fn fingerprint_material(&self) -> Result<serde_json::Value>;
+    /// Checks the configuration against the input slots the file wires (`wired`).
+    fn validate_wiring(&self, wired: &[&str]) -> Result<(), String>;
+    /// Reads the stage's input slots and writes every output slot.
+    fn run(&self, ctx: &mut Context) -> Result<()>;
 }
 
-pub use crate::stages::kinds;
-
-pub fn kind(name: &str) -> Result<&'static Kind> {
-    kinds().iter().find(|k| k.name == name).ok_or_else(|| anyhow!("unknown kind {name:?}; kinds are {}", kind_names()))
-}
-
-pub fn kind_names() -> String {
-    kinds().iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-}
-
-/// What a running stage sees: its wiring, the run folder and the run's options.
-pub struct Context<'a> {
-    pub stage: &'a str,
-    pub run_dir: &'a Location,
-    pub inputs: &'a BTreeMap<String, Vec<String>>,
-    pub outputs: &'a BTreeMap<String, String>,
-    pub options: &'a super::RunOptions,
-    /// Fingerprint of this stage's configuration and inputs (names its resumable work).
-    pub fingerprint: &'a str,
-    /// Text the stage wants shown to the user as a result (printed on stdout after the run).
-    pub report: Vec<String>,
-}
-
-impl Context<'_> {
-    fn output_table(&self, slot: &str) -> &str {
-        self.outputs.get(slot).unwrap_or_else(|| panic!("stage {} has no output slot {slot}", self.stage))
+/// A stage kind's configuration: deserialised from its pipeline table (unknown keys refused),
+/// then validated, before any stage of the pipeline runs.
+pub trait StageConfig: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Checks values and references (ranges, model ids, modes) without loading anything.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
     }
 
-    /// Reads every table wired to input `slot`, one after the other.
-    pub fn read(&self, slot: &str) -> Result<Vec<RecordBatch>> {
-        let tables = self.inputs.get(slot).unwrap_or_else(|| panic!("stage {} has no input slot {slot}", self.stage));
-        let mut batches = Vec::new();
-        for t in tables {
-            batches.extend(table::read(self.run_dir, t)?);
+    fn fingerprint_material(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Checks the configuration against the input slots the file wires (optional slots).
+    fn validate_wiring(&self, _wired: &[&str]) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn run(&self, ctx: &mut Context) -> Result<()>;
+}
+
+impl<T: StageConfig> Stage for T {
+    fn describe(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a stage configuration serialises")
+    }
+
+    fn fingerprint_material(&self) -> Result<serde_json::Value> {
+        StageConfig::fingerprint_material(self)
+    }
+
+    fn validate_wiring(&self, wired: &[&str]) -> Result<(), String> {
+        StageConfig::validate_wiring(self, wired)
+    }
+
+    fn run(&self, ctx: &mut Context) -> Result<()> {
+        StageConfig::run(self, ctx)
+    }
+}
+
+/// The `plan` function of a kind whose configuration is `T`.
+pub fn plan_from<T: StageConfig>(table: toml::Table) -> Result<Arc<dyn Stage>, String> {
+    let config: T = table.try_into().map_err(|e| one_line(&e))?;
+    config.validate()?;
+    Ok(Arc::new(config))
+}
+
+/// A TOML deserialisation error as one line that names the key: "seed: invalid type: ...".
+fn one_line(e: &toml::de::Error) -> String {
+    let text = e.to_string();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    match lines.split_last() {
+        Some((last, rest)) if last.starts_with("in `") && !rest.is_empty() => {
+            format!("{}: {}", last.trim_start_matches("in `").trim_end_matches('`'), rest.join(" "))
         }
-        Ok(batches)
-    }
-
-    /// Whether input `slot` is wired (always true for required slots).
-    pub fn has_input(&self, slot: &str) -> bool {
-        self.inputs.contains_key(slot)
-    }
-
-    /// Writes the whole table for output `slot`.
-    pub fn write(&self, slot: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<usize> {
-        table::write(self.run_dir, self.output_table(slot), schema, batches)
-    }
-
-    /// A streaming writer for output `slot`.
-    pub fn writer(&self, slot: &str, schema: SchemaRef) -> Result<table::TableWriter> {
-        table::TableWriter::create(self.run_dir, self.output_table(slot), schema)
-    }
-
-    /// Resumable output for `slot`: work written in numbered parts as it is done (see [`Parts`]).
-    pub fn parts(&self, slot: &str, schema: SchemaRef) -> Parts {
-        let work = format!("_work/{}-{}", self.stage, &self.fingerprint[..16]);
-        Parts { dir: self.run_dir.child(&work), run_dir: self.run_dir.clone(), table: self.output_table(slot).to_owned(), schema }
-    }
-
-    /// A progress display for `total` items of this stage.
-    pub fn progress(&self, total: u64, unit: &str) -> Progress {
-        Progress::new(self.stage, total, unit, self.options.quiet)
+        _ => lines.join(" "),
     }
 }
 
-/// An output written as numbered parts while the stage works, so that an interrupted stage
-/// resumes where it stopped instead of starting over. Parts live in
-/// `_work/<stage>-<fingerprint>/`: a changed configuration or input never reuses them.
-/// [`Parts::finish`] joins them, in order, into the output table and removes them.
-pub struct Parts {
-    dir: Location,
-    run_dir: Location,
-    table: String,
-    schema: SchemaRef,
+/// `Ok` when `ok`, else "key = value: must be allowed".
+pub fn check(ok: bool, key: &str, value: impl Debug, allowed: &str) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(format!("{key} = {value:?}: must be {allowed}")) }
 }
 
-impl Parts {
-    /// Parts are named after their table, so one stage can keep parts of several outputs.
-    fn key(&self, k: usize) -> String {
-        format!("{}-part-{k:06}", self.table)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Toy {
+        #[serde(default)]
+        seed: u64,
+        #[serde(default)]
+        probe: Probe,
     }
 
-    /// Whether part `k` was completed by an earlier (interrupted) run.
-    pub fn is_done(&self, k: usize) -> Result<bool> {
-        table::exists(&self.dir, &self.key(k))
+    #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Probe {
+        epochs: i64,
     }
 
-    /// Writes part `k` (atomically).
-    pub fn write(&self, k: usize, batches: &[RecordBatch]) -> Result<()> {
-        table::write(&self.dir, &self.key(k), self.schema.clone(), batches).map(|_| ())
-    }
-
-    /// Reads back part `k`, written by this run or an interrupted one.
-    pub fn read(&self, k: usize) -> Result<Vec<RecordBatch>> {
-        table::read(&self.dir, &self.key(k))
-    }
-
-    /// Joins parts `0..n` into the output table, then removes them; returns the row count.
-    pub fn finish(self, n: usize) -> Result<usize> {
-        let mut writer = table::TableWriter::create(&self.run_dir, &self.table, self.schema.clone())?;
-        for k in 0..n {
-            for batch in self.read(k)? {
-                writer.write(&batch)?;
-            }
+    impl StageConfig for Toy {
+        fn validate(&self) -> Result<(), String> {
+            check(self.seed < 100, "seed", self.seed, "below 100")
         }
-        let rows = writer.finish()?;
-        let own = format!("{}-part-", self.table);
-        for entry in self.dir.list()?.into_iter().filter(|e| e.key.starts_with(&own)) {
-            self.dir.delete(&entry.key)?;
+        fn run(&self, _: &mut Context) -> Result<()> {
+            Ok(())
         }
-        Ok(rows)
+    }
+
+    fn plan(text: &str) -> Result<Arc<dyn Stage>, String> {
+        plan_from::<Toy>(toml::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn errors_name_the_key_and_fit_on_one_line() {
+        let err = plan("seed = 'abc'").err().unwrap();
+        assert!(err.starts_with("seed: invalid type: string \"abc\"") && !err.contains('\n'), "{err}");
+        let err = plan("[probe]\nepochs = 'x'").err().unwrap();
+        assert!(err.starts_with("probe.epochs: invalid type"), "{err}");
+        let err = plan("sed = 1").err().unwrap();
+        assert!(err.contains("unknown field `sed`") && err.contains("`seed`"), "{err}");
+        assert_eq!(plan("seed = 200").err().unwrap(), "seed = 200: must be below 100");
+    }
+
+    #[test]
+    fn the_description_fills_in_defaults() {
+        assert_eq!(plan("").unwrap().describe(), plan("seed = 0").unwrap().describe());
+        assert_ne!(plan("").unwrap().describe(), plan("seed = 1").unwrap().describe());
     }
 }

@@ -7,27 +7,27 @@
 //!   The FaceCure evaluation uses standardise + logistic regression; this is that model.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use arrow_array::{Array, BooleanArray, StringArray};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind as DType, Tensor, nn, nn::OptimizerConfig};
 
-use crate::stages::embed::read_embeddings;
-use crate::tables::{self as table, column};
-use crate::pipeline::stage::{Context, Kind, Stage, build_from};
+use crate::models::DeviceChoice;
+use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::tables::embeddings::{self, EMBEDDINGS};
+use crate::tables::predictions::{self, PREDICTIONS, Prediction};
+use crate::tables::splits::{self, SPLITS, Side};
 
 pub const KIND: Kind = Kind {
     name: "classify",
     summary: "fit 1-NN and a linear probe on training embeddings; predict the test split",
-    inputs: &["splits", "embeddings"],
+    inputs: &[Slot::new("splits", &[SPLITS]), Slot::new("embeddings", &[EMBEDDINGS])],
     optional_inputs: &[],
-    outputs: &["predictions"],
-    build: build_from::<Classify>,
+    outputs: &[Slot::new("predictions", &[PREDICTIONS])],
+    plan: plan_from::<Classify>,
 };
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Classifier {
     NearestNeighbour,
@@ -44,19 +44,19 @@ impl Classifier {
 }
 
 /// Configuration of the `classify` stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Classify {
     #[serde(default = "default_classifiers")]
     pub classifiers: Vec<Classifier>,
     #[serde(default)]
     pub probe: ProbeConfig,
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceChoice,
 }
 
 /// Training settings of the linear probe.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeConfig {
     pub epochs: i64,
@@ -74,9 +74,6 @@ impl Default for ProbeConfig {
 fn default_classifiers() -> Vec<Classifier> {
     vec![Classifier::NearestNeighbour, Classifier::LinearProbe]
 }
-fn default_device() -> String {
-    "auto".into()
-}
 
 /// Labelled embeddings of one split.
 pub struct Labelled {
@@ -85,30 +82,23 @@ pub struct Labelled {
     pub labels: Vec<usize>,
 }
 
-/// One prediction row.
-pub struct Prediction {
-    pub image_id: String,
-    pub classifier: Classifier,
-    pub model: String,
-    pub identity: String,
-    pub predicted: String,
-}
+impl StageConfig for Classify {
+    fn validate(&self) -> Result<(), String> {
+        check(!self.classifiers.is_empty(), "classifiers", &self.classifiers, "at least one of nearest_neighbour, linear_probe")?;
+        check(self.probe.epochs >= 1, "probe.epochs", self.probe.epochs, "at least 1")?;
+        check(self.probe.learning_rate > 0.0, "probe.learning_rate", self.probe.learning_rate, "positive")?;
+        check(self.probe.weight_decay >= 0.0, "probe.weight_decay", self.probe.weight_decay, "0 or more")?;
+        self.device.check()
+    }
 
-impl Stage for Classify {
     fn run(&self, ctx: &mut Context) -> Result<()> {
-        let device = crate::models::device(&self.device)?;
-        let splits = read_splits(&ctx.read("splits")?)?;
-        let identities: Vec<String> = {
-            let set: std::collections::BTreeSet<_> = splits.values().map(|(who, _)| who.clone()).collect();
-            set.into_iter().collect()
-        };
+        let device = self.device.resolve()?;
+        let splits = splits::read(&ctx.read("splits")?)?;
+        let identities = splits.identities();
         let index: HashMap<&str, usize> = identities.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
         let mut rows = Vec::new();
-        let embeddings = read_embeddings(&ctx.read("embeddings")?)?;
-        let mut models: Vec<_> = embeddings.into_iter().collect();
-        models.sort_by(|a, b| a.0.cmp(&b.0));
-        for (model, (ids, features)) in models {
-            let (train, test) = partition(&ids, &features, &splits, &index)?;
+        for m in embeddings::read(&ctx.read("embeddings")?)? {
+            let (train, test) = partition(&m.ids, &m.features, &splits.by_image, &index)?;
             for &classifier in &self.classifiers {
                 let predicted = match classifier {
                     Classifier::NearestNeighbour => nearest_neighbour(&train, &test, device),
@@ -116,38 +106,26 @@ impl Stage for Classify {
                 };
                 rows.extend(test.ids.iter().zip(&test.labels).zip(predicted).map(|((id, &truth), p)| Prediction {
                     image_id: id.clone(),
-                    classifier,
-                    model: model.clone(),
+                    classifier: classifier.name().to_owned(),
+                    model: m.model.clone(),
                     identity: identities[truth].clone(),
                     predicted: identities[p].clone(),
                 }));
             }
         }
-        let batch = predictions_batch(&rows)?;
+        let batch = predictions::batch(&rows)?;
         ctx.write("predictions", batch.schema(), &[batch])?;
         Ok(())
     }
 }
 
-/// image_id -> (identity, is_train)
-pub fn read_splits(batches: &[arrow_array::RecordBatch]) -> Result<HashMap<String, (String, bool)>> {
-    let mut out = HashMap::new();
-    for b in batches {
-        let (ids, who, split) = (column::<StringArray>(b, "image_id")?, column::<StringArray>(b, "identity")?, column::<StringArray>(b, "split")?);
-        for i in 0..b.num_rows() {
-            out.insert(ids.value(i).to_owned(), (who.value(i).to_owned(), split.value(i) == "train"));
-        }
-    }
-    Ok(out)
-}
-
 /// Splits one model's embeddings into labelled train and test sets (pictures not in the split
 /// table are ignored: they were not part of this experiment).
-fn partition(ids: &[String], features: &Tensor, splits: &HashMap<String, (String, bool)>, index: &HashMap<&str, usize>) -> Result<(Labelled, Labelled)> {
+fn partition(ids: &[String], features: &Tensor, splits: &HashMap<String, (String, Side)>, index: &HashMap<&str, usize>) -> Result<(Labelled, Labelled)> {
     let mut sets = [(vec![], vec![], vec![]), (vec![], vec![], vec![])];
     for (row, id) in ids.iter().enumerate() {
-        if let Some((who, is_train)) = splits.get(id) {
-            let set = &mut sets[if *is_train { 0 } else { 1 }];
+        if let Some((who, side)) = splits.get(id) {
+            let set = &mut sets[if *side == Side::Train { 0 } else { 1 }];
             set.0.push(id.clone());
             set.1.push(row as i64);
             set.2.push(index[who.as_str()]);
@@ -186,19 +164,6 @@ pub fn linear_probe(train: &Labelled, test: &Labelled, n_classes: usize, cfg: &P
     let predicted = tch::no_grad(|| xt.apply(&layer).argmax(1, false)).to_device(Device::Cpu);
     Ok(Vec::<i64>::try_from(predicted)?.into_iter().map(|p| p as usize).collect())
 }
-
-fn predictions_batch(rows: &[Prediction]) -> Result<arrow_array::RecordBatch> {
-    let columns: Vec<Arc<dyn Array>> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.image_id))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.classifier.name()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.model))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.identity))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.predicted))),
-        Arc::new(BooleanArray::from(rows.iter().map(|r| r.identity == r.predicted).collect::<Vec<_>>())),
-    ];
-    table::batch("predictions", None, columns)
-}
-
 
 #[cfg(test)]
 mod tests {

@@ -1,46 +1,50 @@
-//! Cloaks: small perturbations that make face recognisers misidentify a person.
+//! The `cloak` stage: cloaks every face of the protected users' training pictures (by default)
+//! with one of the methods of [`crate::attack`], writes the cloaked pictures under
+//! `<run>/cloaked/<stage>/`, and the tables the rest of a pipeline needs:
+//! - `cloaked_images`: the images table with those pictures swapped for their cloaked copies
+//!   (same image ids), which the trainer's stages embed and train on;
+//! - `cloaks`: per face, how it was cloaked and what it cost in image quality;
+//! - `cloak_shifts`: per face and installed zoo model, how far its embedding moved.
 //!
-//! - [`engine`]: the one attack loop; [`methods`]: Fawkes v1.0, Fawkes v0.3, LowKey and an
-//!   anti-clustering cloak as configurations of it; [`ssim`]: the DSSIM budget;
-//!   [`cloaker`]: loading a method and ensemble, measuring the result.
-//! - The `cloak` stage cloaks the protected users' training pictures (by default), writes the
-//!   cloaked pictures under `<run>/cloaked/<stage>/`, a `cloaked_images` table (the images
-//!   table with those pictures swapped for their cloaked copies, same image ids) that the rest of
-//!   a pipeline embeds and trains on, and the `cloaks` and `cloak_shifts` tables.
-
+//! A protected picture that cannot be read or has no detected face is left clean and counted as
+//! failed: the user asked for it to be cloaked. Each batch is saved as it finishes, so an
+//! interrupted run keeps the batches it finished and redoes only the rest.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use arrow_array::{Array, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_array::RecordBatch;
 use bytes::Bytes;
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::attack::cloaker::{self, Cloaker, OutputFormat};
+use crate::attack::engine::Target;
 use crate::attack::methods::{self, Method};
-use crate::attack::engine;
-use crate::face::align::FaceGeometry;
-use crate::stages::embed::{PictureLoader, Picture, all_faces, ok_pictures};
+use crate::face::align::{Alignment, FaceGeometry};
 use crate::io::image::{DecodeLimits, to_chw_f32};
-use crate::tables::{self as table, column};
-use crate::io::hex;
-use crate::pipeline::stage::{Context, Kind, Stage, build_from};
-use crate::progress::info;
+use crate::io::pictures::PictureLoader;
+use crate::io::{Location, sha256_hex};
+use crate::models::{self, DeviceChoice, FaceModel};
+use crate::pipeline::{Chunks, Context, Kind, Slot, StageConfig, Tally, check, plan_from};
+use crate::rng::Rng;
+use crate::tables::cloak_shifts::{self, CLOAK_SHIFTS, Shift};
+use crate::tables::cloaks::{self, CLOAKS, CloakRow};
+use crate::tables::faces::{self, FACES};
+use crate::tables::images::{self, CLOAKED, Picture, Replacement};
+use crate::tables::splits::{self, SPLITS, Splits};
 
 pub const KIND: Kind = Kind {
     name: "cloak",
     summary: "cloak the protected users' training pictures (Fawkes, Fawkes v0.3, LowKey, anti-clustering)",
-    inputs: &["images", "faces", "splits"],
+    inputs: &[Slot::new("images", images::ANY), Slot::new("faces", &[FACES]), Slot::new("splits", &[SPLITS])],
     optional_inputs: &[],
-    outputs: &["cloaked_images", "cloaks", "cloak_shifts"],
-    build: build_from::<Cloak>,
+    outputs: &[Slot::new("cloaked_images", &[CLOAKED]), Slot::new("cloaks", &[CLOAKS]), Slot::new("cloak_shifts", &[CLOAK_SHIFTS])],
+    plan: plan_from::<Cloak>,
 };
 
 /// Which pictures a `cloak` stage changes.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Which {
     /// The protected users' training pictures (the FaceCure protocol: test pictures stay clean).
@@ -51,7 +55,7 @@ pub enum Which {
 }
 
 /// Configuration of the `cloak` stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cloak {
     pub method: Method,
@@ -75,8 +79,8 @@ pub struct Cloak {
     /// Override the method's number of steps (for quick experiments; recorded in `cloaks`).
     #[serde(default)]
     pub steps: Option<usize>,
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceChoice,
     #[serde(default)]
     pub limits: DecodeLimits,
 }
@@ -90,210 +94,127 @@ fn default_format() -> OutputFormat {
 fn default_quality() -> u8 {
     95
 }
-fn default_device() -> String {
-    "auto".into()
-}
 
 impl Cloak {
     fn mode(&self) -> String {
         self.mode.clone().unwrap_or_else(|| self.method.modes()[0].to_owned())
     }
+
+    fn ensemble(&self) -> Vec<String> {
+        self.ensemble.clone().unwrap_or_else(|| cloaker::default_ensemble(self.method, &self.mode()))
+    }
+
+    fn perceptual(&self) -> bool {
+        methods::config(self.method, &self.mode(), self.seed).is_ok_and(|c| c.budget.perceptual.is_some())
+    }
 }
 
-/// A cloaked face's row of `cloaks` (without the shared method columns).
-struct FaceRecord {
-    image_id: String,
-    face_index: i32,
-    dssim: f64,
-    quality: cloaker::Quality,
-    within_budget: bool,
-    seconds: f64,
-    target: Option<String>,
-    shifts: Vec<(String, bool, f64)>,
+/// The installed zoo models, whose embedding shifts `cloak_shifts` records.
+fn installed_zoo() -> Result<Vec<String>> {
+    Ok(models::cards()?.into_iter().filter(|c| c.check().is_ok() && models::weights_path(c).is_ok()).map(|c| c.id).collect())
 }
 
-impl Stage for Cloak {
-    /// Installing LPIPS weights changes what a perceptual budget computes, so it reruns the stage.
-    fn fingerprint_extra(&self) -> Result<String> {
-        let perceptual = methods::config(self.method, &self.mode(), self.seed)?.budget.perceptual.is_some();
-        let path = crate::models::lpips::installed_path();
-        Ok(match std::fs::metadata(&path) {
-            Ok(m) if perceptual => format!("lpips {} bytes", m.len()),
-            _ => String::new(),
-        })
+impl StageConfig for Cloak {
+    fn validate(&self) -> Result<(), String> {
+        methods::config(self.method, &self.mode(), self.seed).map_err(|e| format!("mode = {:?}: {e}", self.mode()))?;
+        let ensemble = self.ensemble();
+        check(!ensemble.is_empty(), "ensemble", &ensemble, "at least one model id")?;
+        for id in &ensemble {
+            models::check_usable(id).map_err(|e| format!("ensemble: {id:?}: {e}"))?;
+        }
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")?;
+        check((1..=100).contains(&self.jpeg_quality), "jpeg_quality", self.jpeg_quality, "within 1..100")?;
+        check(self.steps.is_none_or(|s| s >= 1), "steps", self.steps, "at least 1")?;
+        self.limits.check()?;
+        self.device.check()
+    }
+
+    /// The weights of the ensemble, of every zoo model measured for `cloak_shifts`, and of
+    /// LPIPS when the method's budget weighs it (installing it changes what the budget computes).
+    fn fingerprint_material(&self) -> Result<serde_json::Value> {
+        let mut ids = self.ensemble();
+        ids.extend(installed_zoo()?);
+        ids.sort();
+        ids.dedup();
+        let weights = ids.iter().map(|id| models::digest(id)).collect::<Result<Vec<_>>>()?;
+        let lpips = crate::models::lpips::installed_path();
+        let lpips = if self.perceptual() && lpips.is_file() { Some(models::file_digest(&lpips)?) } else { None };
+        Ok(serde_json::json!({ "weights": weights, "lpips": lpips }))
     }
 
     fn run(&self, ctx: &mut Context) -> Result<()> {
-        let device = crate::models::device(&self.device)?;
-        let mode = self.mode();
-        let ensemble = self.ensemble.clone().unwrap_or_else(|| cloaker::default_ensemble(self.method, &mode));
+        let device = self.device.resolve()?;
+        let (mode, ensemble) = (self.mode(), self.ensemble());
         let mut cloaker = Cloaker::new(self.method, &mode, &ensemble, device, self.seed)?;
         if let Some(steps) = self.steps {
             cloaker = cloaker.with_steps(steps);
         }
-        let images = ctx.read("images")?;
-        let every_face = all_faces(&ctx.read("faces")?)?;
-        let faces: HashMap<String, FaceGeometry> = every_face.iter().map(|(id, f)| (id.clone(), f[0])).collect();
-        let splits = crate::stages::classify::read_splits(&ctx.read("splits")?)?;
-        let protected = protected_users(&ctx.read("splits")?)?;
-        let pictures = ok_pictures(&images)?;
-        // Pictures to cloak, by user; and each user's clean training faces (for goals).
-        let mut by_user: BTreeMap<String, Vec<Picture>> = BTreeMap::new();
-        for p in &pictures {
-            if let Some((who, is_train)) = splits.get(&p.image_id)
-                && protected.contains(who)
-                && (*is_train || self.which == Which::Protected)
-            {
-                by_user.entry(who.clone()).or_default().push(p.clone());
-            }
-        }
-        let total: usize = by_user.values().map(Vec::len).sum();
-        info(ctx.options.quiet, &format!("cloak: {total} pictures of {} users, {} {mode}, ensemble {ensemble:?}", by_user.len(), self.method.name()));
-        info(ctx.options.quiet, &format!("cloak: {}", cloaker.notes()));
-        let zoo = cloaker::load_with_alignment(&crate::models::cards()?.into_iter().filter(|c| crate::models::weights_path(c).is_ok()).map(|c| c.id).collect::<Vec<_>>(), device)?;
+        let rows = images::read(&ctx.read("images")?)?;
+        let pictures = images::ok_pictures(&ctx.read("images")?)?;
+        let faces = faces::read(&ctx.read("faces")?)?;
+        let splits = splits::read(&ctx.read("splits")?)?;
+        let to_cloak = self.pictures_to_cloak(&pictures, &splits);
+        let users = to_cloak.iter().map(|p| p.identity.as_str()).collect::<std::collections::BTreeSet<_>>().len();
+        ctx.log(&format!("{} pictures of {users} users, {} {mode}, ensemble {ensemble:?}", to_cloak.len(), self.method.name()));
+        ctx.log(cloaker.notes());
+        let zoo = cloaker::load_with_alignment(&installed_zoo()?, device)?;
+        let out_dir = ctx.files_dir("cloaked");
         let mut work = Work {
+            stage: self,
             cloaker: &cloaker,
             zoo: &zoo,
-            ensemble: &ensemble,
-            every_face: &every_face,
+            faces: &faces,
+            splits: &splits,
+            pictures: &pictures,
             loader: PictureLoader::new(self.limits.clone(), 16),
-            out_dir: ctx.run_dir.child(&format!("cloaked/{}", ctx.stage)),
-            quiet: ctx.options.quiet,
+            out_dir: &out_dir,
+            goals: HashMap::new(),
         };
-        // Each batch of pictures is a part: an interrupted run keeps the batches it finished
-        // (their pictures are on disk, their rows in the parts) and redoes only the rest.
-        let cloak_parts = ctx.parts("cloaks", table::schema("cloaks").arrow(None));
-        let shift_parts = ctx.parts("cloak_shifts", table::schema("cloak_shifts").arrow(None));
-        let mut progress = ctx.progress(total as u64, "pictures");
-        let (mut replaced, mut cloak_rows) = (HashMap::new(), Vec::new());
-        let (mut k, mut resumed) = (0, 0);
-        for (user, user_pictures) in &by_user {
-            let chunks: Vec<&[Picture]> = user_pictures.chunks(self.batch_size.max(1)).collect();
-            let mut goal = None;
-            for chunk in chunks {
-                if cloak_parts.is_done(k)? && shift_parts.is_done(k)? {
-                    let rows = cloak_parts.read(k)?;
-                    for p in cloaked_in(chunk, &rows)? {
-                        replaced.insert(p.image_id.clone(), work.replacement_on_disk(p, self.format)?);
-                    }
-                    cloak_rows.extend(rows);
-                    resumed += 1;
-                } else {
-                    if goal.is_none() {
-                        goal = Some(self.goal_data(&cloaker, &mut work.loader, user, &pictures, &splits, &faces, &protected)?);
-                    }
-                    let records = work.cloak_chunk(self, chunk, goal.as_ref().expect("goal computed"), &mut replaced)?;
-                    let (cloaks, shifts) = self.tables(&cloaker, &records)?;
-                    // The cloaks part is written last: its presence marks the batch finished.
-                    shift_parts.write(k, &[shifts])?;
-                    cloak_parts.write(k, std::slice::from_ref(&cloaks))?;
-                    cloak_rows.push(cloaks);
-                }
-                progress.add(chunk.len() as u64);
-                k += 1;
+        let outputs = [("cloaks", cloaks::batch(&[])?.schema()), ("cloak_shifts", cloak_shifts::batch(&[])?.schema())];
+        let chunks = Chunks::grouped(&to_cloak, self.batch_size, |p| p.identity.clone());
+        ctx.resumable(&to_cloak, &chunks, "pictures", &outputs, |chunk, tally| work.cloak_chunk(chunk, tally))?;
+        // The cloaked copies, whether made now or by an interrupted run, are read back from disk.
+        let cloaked = cloaks::read_figures(&ctx.read_output("cloaks")?)?;
+        let mut copies = HashMap::new();
+        for p in to_cloak.iter().filter(|p| cloaked.iter().any(|(id, _)| *id == p.image_id)) {
+            copies.insert(p.image_id.clone(), replacement_on_disk(&out_dir, p, self.format)?);
+        }
+        let batch = images::batch(CLOAKED, &images::with_replacements(&rows, &copies))?;
+        ctx.write("cloaked_images", batch.schema(), &[batch])?;
+        ctx.report.push(summary(self.method.name(), &mode, &cloaked, ctx.tally.failed.n));
+        Ok(())
+    }
+}
+
+impl Cloak {
+    /// The protected users' pictures this stage changes, user by user (each user's together).
+    fn pictures_to_cloak(&self, pictures: &[Picture], splits: &Splits) -> Vec<Picture> {
+        let mut by_user: BTreeMap<&str, Vec<Picture>> = BTreeMap::new();
+        for p in pictures {
+            if let Some((who, side)) = splits.by_image.get(&p.image_id)
+                && splits.protected.contains(who)
+                && (*side == splits::Side::Train || self.which == Which::Protected)
+            {
+                by_user.entry(who).or_default().push(p.clone());
             }
         }
-        progress.finish();
-        if resumed > 0 {
-            info(ctx.options.quiet, &format!("cloak: resumed: {resumed} of {k} batches were done by an interrupted run"));
-        }
-        let cloaked_images = swap_images(&images, &replaced)?;
-        ctx.write("cloaked_images", table::schema("images").arrow(None), &cloaked_images)?;
-        cloak_parts.finish(k)?;
-        shift_parts.finish(k)?;
-        ctx.report.push(summary(self.method.name(), &mode, &cloak_rows)?);
-        Ok(())
+        by_user.into_values().flatten().collect()
     }
 }
 
 /// What cloaking one batch of pictures needs, beside the stage's configuration.
 struct Work<'a> {
+    stage: &'a Cloak,
     cloaker: &'a Cloaker,
     /// Every installed model of the zoo, for the `cloak_shifts` table.
-    zoo: &'a [(Box<dyn crate::models::FaceModel>, crate::face::align::Alignment)],
-    ensemble: &'a [String],
-    every_face: &'a HashMap<String, Vec<FaceGeometry>>,
+    zoo: &'a [(Box<dyn FaceModel>, Alignment)],
+    faces: &'a HashMap<String, Vec<FaceGeometry>>,
+    splits: &'a Splits,
+    pictures: &'a [Picture],
     loader: PictureLoader,
-    out_dir: crate::io::Location,
-    quiet: bool,
-}
-
-impl Work<'_> {
-    /// Cloaks every face of a batch of pictures, writes the cloaked files and returns their rows.
-    fn cloak_chunk(&mut self, stage: &Cloak, chunk: &[Picture], goal: &GoalData, replaced: &mut HashMap<String, Replacement>) -> Result<Vec<FaceRecord>> {
-        let decoded = self.loader.decode(chunk)?;
-        let mut targets = Vec::new();
-        let mut kept = Vec::new();
-        for (p, d) in chunk.iter().zip(decoded) {
-            match (d, self.every_face.get(&p.image_id)) {
-                (Ok(rgb), Some(picture_faces)) => {
-                    // Every face of the picture is cloaked, as Fawkes does.
-                    let px = Tensor::from_slice(&to_chw_f32(&rgb)).view([3, rgb.height() as i64, rgb.width() as i64]);
-                    targets.push(engine::Target { pixels: px, faces: picture_faces.clone() });
-                    kept.push(p);
-                }
-                (Err(reason), _) => info(self.quiet, &format!("cloak: {} left clean: {reason}", p.uri)),
-                (Ok(_), None) => info(self.quiet, &format!("cloak: {} left clean: no face detected", p.uri)),
-            }
-        }
-        let started = std::time::Instant::now();
-        let cloaked = self.cloaker.cloak(&targets, goal.user.as_deref(), goal.target.as_ref().map(|t| t.1.as_slice()))?;
-        let seconds = started.elapsed().as_secs_f64() / targets.len().max(1) as f64;
-        let mut records = Vec::new();
-        for ((p, t), c) in kept.into_iter().zip(&targets).zip(cloaked) {
-            let rgb = cloaker::to_rgb8(&c.pixels);
-            let written = Tensor::from_slice(&to_chw_f32(&rgb)).view(t.pixels.size().as_slice());
-            let encoded = Bytes::from(cloaker::encode(&rgb, stage.format, stage.jpeg_quality)?);
-            let rel = cloaked_path(&p.rel_path, stage.format);
-            self.out_dir.put(&rel, encoded.clone())?;
-            replaced.insert(p.image_id.clone(), self.replacement(&rel, &encoded, stage.format, (rgb.width(), rgb.height())));
-            let quality = cloaker::quality(&t.pixels, &written);
-            for (i, face) in t.faces.iter().enumerate() {
-                let shifts = self
-                    .zoo
-                    .iter()
-                    .map(|(m, a)| (m.card().id.clone(), self.ensemble.contains(&m.card().id), cloaker::shift(m.as_ref(), *a, &t.pixels, &written, face)))
-                    .collect();
-                records.push(FaceRecord {
-                    image_id: p.image_id.clone(),
-                    face_index: i as i32,
-                    dssim: cloaker::face_dssim(&t.pixels, &written, face),
-                    quality,
-                    within_budget: c.within_budget,
-                    seconds,
-                    target: goal.target.as_ref().map(|t| t.0.clone()),
-                    shifts,
-                });
-            }
-        }
-        Ok(records)
-    }
-
-    fn replacement(&self, rel: &str, encoded: &[u8], format: OutputFormat, (width, height): (u32, u32)) -> Replacement {
-        (self.out_dir.url_of(rel), rel.to_owned(), encoded.len() as u64, hex(&Sha256::digest(encoded)), format.extension(), (width, height))
-    }
-
-    /// The replacement of a picture cloaked by an interrupted run, read back from its file.
-    fn replacement_on_disk(&self, p: &Picture, format: OutputFormat) -> Result<Replacement> {
-        let rel = cloaked_path(&p.rel_path, format);
-        let encoded = self.out_dir.get(&rel)?;
-        let size = image::ImageReader::new(std::io::Cursor::new(&encoded))
-            .with_guessed_format()
-            .ok()
-            .and_then(|r| r.into_dimensions().ok())
-            .with_context(|| format!("{}: a cloaked picture of an interrupted run does not read back", self.out_dir.url_of(&rel)))?;
-        Ok(self.replacement(&rel, &encoded, format, size))
-    }
-}
-
-/// The pictures of `chunk` that have rows in a finished part of `cloaks`.
-fn cloaked_in<'a>(chunk: &'a [Picture], cloaks: &[RecordBatch]) -> Result<Vec<&'a Picture>> {
-    let mut ids = std::collections::HashSet::new();
-    for b in cloaks {
-        let col = column::<StringArray>(b, "image_id")?;
-        ids.extend((0..b.num_rows()).map(|i| col.value(i).to_owned()));
-    }
-    Ok(chunk.iter().filter(|p| ids.contains(&p.image_id)).collect())
+    out_dir: &'a Location,
+    /// Per user, the clean embeddings a method's goal needs (computed once).
+    goals: HashMap<String, GoalData>,
 }
 
 /// Clean embeddings a method's goal needs: the user's own training faces, and for Fawkes v0.3
@@ -303,107 +224,142 @@ struct GoalData {
     target: Option<(String, Vec<Tensor>)>,
 }
 
-impl Cloak {
-    #[allow(clippy::too_many_arguments)]
-    fn goal_data(
-        &self,
-        cloaker: &Cloaker,
-        loader: &mut PictureLoader,
-        user: &str,
-        pictures: &[Picture],
-        splits: &HashMap<String, (String, bool)>,
-        faces: &HashMap<String, FaceGeometry>,
-        protected: &[String],
-    ) -> Result<GoalData> {
-        if !matches!(self.method, Method::Anticluster | Method::FawkesV03) {
+impl Work<'_> {
+    /// Cloaks every face of a batch of pictures (one user's), writes the cloaked files and
+    /// returns the batch's rows of `cloaks` and `cloak_shifts`.
+    fn cloak_chunk(&mut self, chunk: &[Picture], tally: &mut Tally) -> Result<Vec<Vec<RecordBatch>>> {
+        let mut targets = Vec::new();
+        let mut kept = Vec::new();
+        for (p, decoded) in chunk.iter().zip(self.loader.decode(chunk)) {
+            match (decoded, self.faces.get(&p.image_id)) {
+                (Ok(rgb), Some(picture_faces)) => {
+                    // Every face of the picture is cloaked, as Fawkes does.
+                    targets.push(Target { pixels: pixels(&rgb), faces: picture_faces.clone() });
+                    kept.push(p);
+                }
+                (Err(reason), _) => tally.failed.add(format!("{reason}: left uncloaked")),
+                (Ok(_), None) => tally.failed.add(format!("{}: left uncloaked: no face detected", p.uri)),
+            }
+        }
+        if targets.is_empty() {
+            return Ok(vec![vec![], vec![]]);
+        }
+        let user = &chunk[0].identity;
+        if !self.goals.contains_key(user) {
+            let goal = self.goal_data(user)?;
+            self.goals.insert(user.clone(), goal);
+        }
+        let goal = &self.goals[user];
+        let started = std::time::Instant::now();
+        let cloaked = self.cloaker.cloak(&targets, goal.user.as_deref(), goal.target.as_ref().map(|t| t.1.as_slice()))?;
+        let seconds = started.elapsed().as_secs_f64() / targets.len() as f64;
+        let (mut cloak_rows, mut shift_rows) = (Vec::new(), Vec::new());
+        let ensemble = self.cloaker.ensemble_ids().join(",");
+        for ((p, t), c) in kept.into_iter().zip(&targets).zip(cloaked) {
+            let rgb = cloaker::to_rgb8(&c.pixels);
+            let written = Tensor::from_slice(&to_chw_f32(&rgb)).view(t.pixels.size().as_slice());
+            let encoded = cloaker::encode(&rgb, self.stage.format, self.stage.jpeg_quality)?;
+            self.out_dir.put(&cloaked_path(&p.rel_path, self.stage.format), Bytes::from(encoded))?;
+            let quality = cloaker::quality(&t.pixels, &written);
+            for (i, face) in t.faces.iter().enumerate() {
+                for (m, a) in self.zoo {
+                    let id = &m.card().id;
+                    let shift = cloaker::shift(m.as_ref(), *a, &t.pixels, &written, face)?;
+                    shift_rows.push(Shift {
+                        image_id: p.image_id.clone(),
+                        face_index: i as i32,
+                        model: id.clone(),
+                        in_ensemble: self.cloaker.ensemble_ids().contains(id),
+                        cosine_distance: shift,
+                    });
+                }
+                cloak_rows.push(CloakRow {
+                    image_id: p.image_id.clone(),
+                    face_index: i as i32,
+                    method: self.stage.method.name().to_owned(),
+                    mode: self.cloaker.mode.clone(),
+                    ensemble: ensemble.clone(),
+                    steps: self.cloaker.steps() as i32,
+                    seed: self.stage.seed,
+                    dssim: cloaker::face_dssim(&t.pixels, &written, face),
+                    psnr: quality.psnr,
+                    linf: quality.linf,
+                    l2: quality.l2,
+                    within_budget: c.within_budget,
+                    seconds,
+                    target: goal.target.as_ref().map(|t| t.0.clone()),
+                    notes: self.cloaker.notes().to_owned(),
+                });
+            }
+        }
+        Ok(vec![vec![cloaks::batch(&cloak_rows)?], vec![cloak_shifts::batch(&shift_rows)?]])
+    }
+
+    fn goal_data(&mut self, user: &str) -> Result<GoalData> {
+        let method = self.stage.method;
+        if !matches!(method, Method::Anticluster | Method::FawkesV03) {
             return Ok(GoalData { user: None, target: None });
         }
-        let train_of = |who: &str| -> Vec<Picture> {
-            pictures.iter().filter(|p| splits.get(&p.image_id).is_some_and(|(w, t)| w == who && *t) && faces.contains_key(&p.image_id)).take(20).cloned().collect()
-        };
-        let user_embeddings = embed_pictures(cloaker, loader, &train_of(user), faces)?;
-        if self.method == Method::Anticluster {
+        let user_embeddings = self.embed_training_faces(user)?;
+        if method == Method::Anticluster {
             return Ok(GoalData { user: Some(user_embeddings), target: None });
         }
         // Fawkes v0.3: for each candidate, the minimum distance between its embeddings and the
         // user's (first ensemble model); pick at random among the 20 farthest.
-        let mut candidates: Vec<String> = splits.values().map(|(w, _)| w.clone()).filter(|w| !protected.contains(w)).collect();
-        candidates.sort();
-        candidates.dedup();
+        let candidates: Vec<String> = self.splits.identities().into_iter().filter(|w| !self.splits.protected.contains(w)).collect();
         if candidates.is_empty() {
             bail!("fawkes_v03 needs unprotected identities to choose a target from");
         }
         let mut scored = Vec::new();
         for c in &candidates {
-            let e = embed_pictures(cloaker, loader, &train_of(c), faces)?;
+            let e = self.embed_training_faces(c)?;
             let d = Tensor::cdist(&e[0], &user_embeddings[0], 2.0, None).min().double_value(&[]);
             scored.push((d, c.clone(), e));
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         scored.truncate(20);
-        let pick = crate::rng::Rng::new(self.seed as u64 ^ 0xF4A3).below(scored.len() as u64) as usize;
+        let pick = Rng::new(self.stage.seed as u64 ^ 0xF4A3).below(scored.len() as u64) as usize;
         let (_, name, e) = scored.swap_remove(pick);
         Ok(GoalData { user: Some(user_embeddings), target: Some((name, e)) })
     }
 
-    fn tables(&self, cloaker: &Cloaker, records: &[FaceRecord]) -> Result<(RecordBatch, RecordBatch)> {
-        let n = records.len();
-        let ensemble = cloaker.ensemble_ids().join(",");
-        let cloaks: Vec<Arc<dyn Array>> = vec![
-            Arc::new(StringArray::from_iter_values(records.iter().map(|r| &r.image_id))),
-            Arc::new(Int32Array::from_iter_values(records.iter().map(|r| r.face_index))),
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(self.method.name(), n))),
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(cloaker.mode.as_str(), n))),
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(ensemble.as_str(), n))),
-            Arc::new(Int32Array::from_iter_values(std::iter::repeat_n(cloaker.steps() as i32, n))),
-            Arc::new(Int64Array::from_iter_values(std::iter::repeat_n(self.seed, n))),
-            Arc::new(Float64Array::from_iter_values(records.iter().map(|r| r.dssim))),
-            Arc::new(Float64Array::from_iter_values(records.iter().map(|r| r.quality.psnr))),
-            Arc::new(Float64Array::from_iter_values(records.iter().map(|r| r.quality.linf))),
-            Arc::new(Float64Array::from_iter_values(records.iter().map(|r| r.quality.l2))),
-            Arc::new(BooleanArray::from(records.iter().map(|r| r.within_budget).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from_iter_values(records.iter().map(|r| r.seconds))),
-            Arc::new(StringArray::from(records.iter().map(|r| r.target.clone()).collect::<Vec<_>>())),
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(cloaker.notes(), n))),
-        ];
-        let shifts: Vec<(&FaceRecord, &(String, bool, f64))> = records.iter().flat_map(|r| r.shifts.iter().map(move |s| (r, s))).collect();
-        let shift_cols: Vec<Arc<dyn Array>> = vec![
-            Arc::new(StringArray::from_iter_values(shifts.iter().map(|(r, _)| &r.image_id))),
-            Arc::new(Int32Array::from_iter_values(shifts.iter().map(|(r, _)| r.face_index))),
-            Arc::new(StringArray::from_iter_values(shifts.iter().map(|(_, s)| &s.0))),
-            Arc::new(BooleanArray::from(shifts.iter().map(|(_, s)| s.1).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from_iter_values(shifts.iter().map(|(_, s)| s.2))),
-        ];
-        Ok((table::batch("cloaks", None, cloaks)?, table::batch("cloak_shifts", None, shift_cols)?))
+    /// L2-normalised clean embeddings (per ensemble model) of the largest faces of up to 20 of
+    /// `identity`'s training pictures.
+    fn embed_training_faces(&mut self, identity: &str) -> Result<Vec<Tensor>> {
+        let chosen: Vec<Picture> =
+            self.pictures.iter().filter(|p| self.splits.is_train_of(&p.image_id, identity) && self.faces.contains_key(&p.image_id)).take(20).cloned().collect();
+        let decoded = self.loader.decode(&chosen);
+        let owned: Vec<(Tensor, FaceGeometry)> =
+            chosen.iter().zip(decoded).filter_map(|(p, d)| d.ok().map(|rgb| (pixels(&rgb), self.faces[&p.image_id][0]))).collect();
+        if owned.is_empty() {
+            bail!("{identity}: no clean training picture with a face to compute the cloak's goal from");
+        }
+        self.cloaker.embed_faces(&owned.iter().map(|(t, f)| (t, *f)).collect::<Vec<_>>())
     }
 }
 
-/// L2-normalised embeddings (per ensemble model) of pictures' largest faces.
-fn embed_pictures(cloaker: &Cloaker, loader: &mut PictureLoader, pictures: &[Picture], faces: &HashMap<String, FaceGeometry>) -> Result<Vec<Tensor>> {
-    let decoded = loader.decode(pictures)?;
-    let mut owned = Vec::new();
-    for (p, d) in pictures.iter().zip(decoded) {
-        if let Ok(rgb) = d {
-            owned.push((Tensor::from_slice(&to_chw_f32(&rgb)).view([3, rgb.height() as i64, rgb.width() as i64]), faces[&p.image_id]));
-        }
-    }
-    if owned.is_empty() {
-        bail!("no clean training picture with a face to compute the goal from");
-    }
-    Ok(cloaker.embed_faces(&owned.iter().map(|(t, f)| (t, *f)).collect::<Vec<_>>()))
+fn pixels(rgb: &image::RgbImage) -> Tensor {
+    Tensor::from_slice(&to_chw_f32(rgb)).view([3, rgb.height() as i64, rgb.width() as i64])
 }
 
-fn protected_users(splits: &[RecordBatch]) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for b in splits {
-        let (who, p) = (column::<StringArray>(b, "identity")?, column::<BooleanArray>(b, "protected")?);
-        for i in 0..b.num_rows() {
-            if p.value(i) && !out.iter().any(|w: &String| w == who.value(i)) {
-                out.push(who.value(i).to_owned());
-            }
-        }
-    }
-    Ok(out)
+/// The cloaked copy of `p` as written under `out_dir`, read back (size, digest, dimensions).
+fn replacement_on_disk(out_dir: &Location, p: &Picture, format: OutputFormat) -> Result<Replacement> {
+    let rel_path = cloaked_path(&p.rel_path, format);
+    let encoded = out_dir.get(&rel_path)?;
+    let (width, height) = image::ImageReader::new(std::io::Cursor::new(&encoded))
+        .with_guessed_format()
+        .ok()
+        .and_then(|r| r.into_dimensions().ok())
+        .with_context(|| format!("{}: a cloaked picture does not read back", out_dir.url_of(&rel_path)))?;
+    Ok(Replacement {
+        uri: out_dir.url_of(&rel_path),
+        rel_path,
+        format: format.extension().to_owned(),
+        width,
+        height,
+        bytes: encoded.len() as u64,
+        sha256: sha256_hex(&encoded),
+    })
 }
 
 /// `<identity>/<stem>_cloaked.<ext>` for a dataset-relative path.
@@ -414,54 +370,20 @@ pub fn cloaked_path(rel_path: &str, format: OutputFormat) -> String {
     if dir.is_empty() { name } else { format!("{dir}/{name}") }
 }
 
-/// New location, relative path, size, sha256, format and dimensions of a swapped picture.
-pub(crate) type Replacement = (String, String, u64, String, &'static str, (u32, u32));
-
-/// The images table with cloaked pictures' location, size and digest swapped in.
-pub(crate) fn swap_images(images: &[RecordBatch], replaced: &HashMap<String, Replacement>) -> Result<Vec<RecordBatch>> {
-    images
-        .iter()
-        .map(|b| {
-            let ids = column::<StringArray>(b, "image_id")?;
-            let get = |i: usize| replaced.get(ids.value(i));
-            let strings = |name: &str, f: &dyn Fn(&Replacement) -> String| -> Result<Arc<dyn Array>> {
-                let old = column::<StringArray>(b, name)?;
-                Ok(Arc::new(StringArray::from((0..b.num_rows()).map(|i| get(i).map(f).or_else(|| old.is_valid(i).then(|| old.value(i).to_owned()))).collect::<Vec<_>>())))
-            };
-            let (w, h, bytes) = (column::<UInt32Array>(b, "width")?, column::<UInt32Array>(b, "height")?, column::<UInt64Array>(b, "bytes")?);
-            let mut cols: Vec<Arc<dyn Array>> = b.columns().to_vec();
-            let idx = |name: &str| b.schema().index_of(name).context("images column");
-            cols[idx("uri")?] = strings("uri", &|r| r.0.clone())?;
-            cols[idx("rel_path")?] = strings("rel_path", &|r| r.1.clone())?;
-            cols[idx("sha256")?] = strings("sha256", &|r| r.3.clone())?;
-            cols[idx("format")?] = strings("format", &|r| r.4.to_owned())?;
-            cols[idx("bytes")?] = Arc::new(UInt64Array::from_iter_values((0..b.num_rows()).map(|i| get(i).map_or(bytes.value(i), |r| r.2))));
-            cols[idx("width")?] = Arc::new(UInt32Array::from((0..b.num_rows()).map(|i| get(i).map(|r| r.5.0).or(w.is_valid(i).then(|| w.value(i)))).collect::<Vec<_>>()));
-            cols[idx("height")?] = Arc::new(UInt32Array::from((0..b.num_rows()).map(|i| get(i).map(|r| r.5.1).or(h.is_valid(i).then(|| h.value(i)))).collect::<Vec<_>>()));
-            table::batch("images", None, cols)
-        })
-        .collect()
-}
-
-fn summary(method: &str, mode: &str, cloaks: &[RecordBatch]) -> Result<String> {
-    let n: usize = cloaks.iter().map(RecordBatch::num_rows).sum();
+fn summary(method: &str, mode: &str, cloaked: &[(String, [f64; 4])], left_clean: u64) -> String {
+    let n = cloaked.len();
+    let clean = if left_clean > 0 { format!("; {left_clean} pictures left uncloaked") } else { String::new() };
     if n == 0 {
-        return Ok(format!("cloak: {method} {mode}: nothing to cloak"));
+        return format!("cloak: {method} {mode}: no face cloaked{clean}");
     }
-    let mean = |name: &str| -> Result<f64> {
-        let mut sum = 0.0;
-        for b in cloaks {
-            sum += column::<Float64Array>(b, name)?.values().iter().sum::<f64>();
-        }
-        Ok(sum / n as f64)
-    };
-    Ok(format!(
-        "cloak: {method} {mode}: {n} faces; mean DSSIM {:.4}, PSNR {:.1} dB, L-inf {:.1}/255; {:.1} s per picture",
-        mean("dssim")?,
-        mean("psnr")?,
-        mean("linf")?,
-        mean("seconds")?
-    ))
+    let mean = |k: usize| cloaked.iter().map(|c| c.1[k]).sum::<f64>() / n as f64;
+    format!(
+        "cloak: {method} {mode}: {n} faces; mean DSSIM {:.4}, PSNR {:.1} dB, L-inf {:.1}/255; {:.1} s per picture{clean}",
+        mean(0),
+        mean(1),
+        mean(2),
+        mean(3)
+    )
 }
 
 #[cfg(test)]
@@ -472,5 +394,15 @@ mod tests {
     fn cloaked_files_keep_the_folder_and_stem() {
         assert_eq!(cloaked_path("Ann/pic.1.jpg", OutputFormat::Png), "Ann/pic.1_cloaked.png");
         assert_eq!(cloaked_path("x.jpeg", OutputFormat::Jpg), "x_cloaked.jpg");
+    }
+
+    #[test]
+    fn a_mode_the_method_lacks_is_a_plan_error() {
+        let err = plan_from::<Cloak>(toml::from_str("method = 'lowkey'\nmode = 'high'").unwrap()).err().unwrap();
+        assert!(err.contains("lowkey has no mode \"high\"") && err.contains("default"), "{err}");
+        let err = plan_from::<Cloak>(toml::from_str("method = 'fawkes'\njpeg_quality = 0").unwrap()).err().unwrap();
+        assert!(err.starts_with("jpeg_quality = 0"), "{err}");
+        let err = plan_from::<Cloak>(toml::from_str("method = 'fawkes'\nensemble = ['no_such_model']").unwrap()).err().unwrap();
+        assert!(err.contains("no_such_model"), "{err}");
     }
 }

@@ -1,36 +1,32 @@
-//! Faces: finding them ([`mtcnn`]) and cropping them the way each model expects ([`align`]).
-//!
-//! The `detect` stage runs MTCNN on every decodable picture and writes the `faces` table: one
-//! row per face (largest first), a `no_face` row for a picture in which none was found, and an
-//! `error` row for one that could not be read again, so every picture is accounted for. Its
-//! work is saved in parts, so an interrupted run resumes where it stopped.
-
-
-use std::sync::Arc;
+//! The `detect` stage: MTCNN on every decodable picture, writing the `faces` table: one row per
+//! face (largest first), a `no_face` row for a picture in which none was found (counted as
+//! skipped), and an `error` row for one that could not be read again (counted as failed), so
+//! every picture is accounted for. Its work is saved in chunks, so an interrupted run resumes
+//! where it stopped.
 
 use anyhow::Result;
-use arrow_array::{Array, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field};
-use serde::Deserialize;
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
 
-use crate::stages::embed::{PictureLoader, ok_pictures};
-use crate::io::image::DecodeLimits;
-use crate::face::mtcnn;
-use crate::tables as table;
-use crate::pipeline::stage::{Context, Kind, Stage, build_from};
-use crate::progress::info;
+use crate::face::mtcnn::{self, Face, Mtcnn};
+use crate::io::image::{DecodeLimits, resize};
+use crate::io::pictures::PictureLoader;
+use crate::models::DeviceChoice;
+use crate::pipeline::{Chunks, Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::tables::faces::{self, FACES, FaceRow, Found};
+use crate::tables::images;
 
 pub const KIND: Kind = Kind {
     name: "detect",
     summary: "find every face (MTCNN): boxes, five landmarks and scores, largest first",
-    inputs: &["images"],
+    inputs: &[Slot::new("images", images::ANY)],
     optional_inputs: &[],
-    outputs: &["faces"],
-    build: build_from::<Detect>,
+    outputs: &[Slot::new("faces", &[FACES])],
+    plan: plan_from::<Detect>,
 };
 
 /// Configuration of the `detect` stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Detect {
     /// P-, R- and O-Net probability thresholds.
@@ -39,7 +35,7 @@ pub struct Detect {
     /// Smallest face searched for, in pixels.
     #[serde(default = "default_min_face")]
     pub min_face_size: f64,
-    /// Ratio between pyramid levels.
+    /// Ratio between pyramid levels, in (0, 1).
     #[serde(default = "default_factor")]
     pub scale_factor: f64,
     /// Shrink pictures whose longer side exceeds this before detecting (coordinates are mapped
@@ -47,14 +43,13 @@ pub struct Detect {
     /// portrait crops are large; unset, every picture is searched at full size.
     #[serde(default)]
     pub max_side: Option<u32>,
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceChoice,
     #[serde(default)]
     pub limits: DecodeLimits,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Pictures per checkpoint (see the embed stage).
+    /// Pictures per checkpoint: each chunk is saved when done.
     #[serde(default = "default_part_size")]
     pub part_size: usize,
 }
@@ -68,9 +63,6 @@ fn default_min_face() -> f64 {
 fn default_factor() -> f64 {
     mtcnn::Settings::default().scale_factor
 }
-fn default_device() -> String {
-    "auto".into()
-}
 fn default_concurrency() -> usize {
     32
 }
@@ -78,115 +70,98 @@ fn default_part_size() -> usize {
     512
 }
 
-/// One row of the faces table.
-struct Row {
-    image_id: String,
-    status: &'static str,
-    error: Option<String>,
-    face: Option<(i32, mtcnn::Face)>,
+/// Pictures decoded at once inside a chunk (bounds the pixels held in memory).
+const DECODE_BATCH: usize = 32;
+
+impl Detect {
+    fn settings(&self) -> mtcnn::Settings {
+        mtcnn::Settings { thresholds: self.thresholds, min_face_size: self.min_face_size, scale_factor: self.scale_factor }
+    }
 }
 
-impl Stage for Detect {
+impl StageConfig for Detect {
+    fn validate(&self) -> Result<(), String> {
+        self.settings().check()?;
+        check(self.max_side.is_none_or(|m| m >= 12), "max_side", self.max_side, "at least 12 (MTCNN's smallest window)")?;
+        check(self.part_size >= 1, "part_size", self.part_size, "at least 1")?;
+        check(self.concurrency >= 1, "concurrency", self.concurrency, "at least 1")?;
+        self.limits.check()?;
+        self.device.check()
+    }
+
+    fn fingerprint_material(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({ "mtcnn": crate::models::file_digest(&Mtcnn::weights_path())? }))
+    }
+
     fn run(&self, ctx: &mut Context) -> Result<()> {
-        let device = crate::models::device(&self.device)?;
-        let detector = mtcnn::Mtcnn::load(device)?;
-        let settings = mtcnn::Settings { thresholds: self.thresholds, min_face_size: self.min_face_size, scale_factor: self.scale_factor };
-        let pictures = ok_pictures(&ctx.read("images")?)?;
-        let parts = ctx.parts("faces", table::schema("faces").arrow(None));
+        let detector = Mtcnn::load(self.device.resolve()?)?;
+        let settings = self.settings();
+        let pictures = images::ok_pictures(&ctx.read("images")?)?;
         let mut loader = PictureLoader::new(self.limits.clone(), self.concurrency);
-        let mut progress = ctx.progress(pictures.len() as u64, "images");
-        let (mut n_faces, mut no_face, mut errors, mut resumed) = (0, 0, 0, 0);
-        let part_size = self.part_size.max(1);
-        for (k, part) in pictures.chunks(part_size).enumerate() {
-            if parts.is_done(k)? {
-                resumed += 1;
-                progress.add(part.len() as u64);
-                continue;
-            }
+        let outputs = [("faces", faces::batch(&[])?.schema())];
+        ctx.resumable(&pictures, &Chunks::even(pictures.len(), self.part_size), "images", &outputs, |chunk, tally| {
             let mut rows = Vec::new();
-            for chunk in part.chunks(32) {
-                for (picture, decoded) in chunk.iter().zip(loader.decode(chunk)?) {
+            for batch in chunk.chunks(DECODE_BATCH) {
+                for (picture, decoded) in batch.iter().zip(loader.decode(batch)) {
                     let id = picture.image_id.clone();
-                    match decoded {
+                    let found = match decoded {
                         Err(reason) => {
-                            errors += 1;
-                            rows.push(Row { image_id: id, status: "error", error: Some(reason), face: None });
+                            tally.failed.add(reason.clone());
+                            rows.push(FaceRow { image_id: id, found: Found::Error(reason) });
+                            continue;
                         }
-                        Ok(rgb) => {
-                            let faces = detect_within(&detector, &rgb, &settings, self.max_side);
-                            if faces.is_empty() {
-                                no_face += 1;
-                                rows.push(Row { image_id: id.clone(), status: "no_face", error: None, face: None });
-                            }
-                            n_faces += faces.len();
-                            rows.extend(faces.into_iter().enumerate().map(|(i, f)| Row { image_id: id.clone(), status: "face", error: None, face: Some((i as i32, f)) }));
-                        }
+                        Ok(rgb) => detect_within(&detector, &rgb, &settings, self.max_side)?,
+                    };
+                    if found.is_empty() {
+                        tally.skipped.add(format!("{}: no face found", picture.uri));
+                        rows.push(FaceRow { image_id: id.clone(), found: Found::NoFace });
                     }
+                    rows.extend(found.into_iter().enumerate().map(|(i, face)| FaceRow { image_id: id.clone(), found: Found::Face { index: i as i32, face } }));
                 }
-                progress.add(chunk.len() as u64);
             }
-            parts.write(k, &[faces_batch(&rows)?])?;
-        }
-        progress.finish();
-        if resumed > 0 {
-            info(ctx.options.quiet, &format!("detect: resumed: {resumed} parts were done by an interrupted run"));
-        }
-        parts.finish(pictures.len().div_ceil(part_size))?;
-        ctx.report.push(format!("detect: {n_faces} faces in {} pictures; {no_face} without a face, {errors} unreadable", pictures.len()));
+            Ok(vec![vec![faces::batch(&rows)?]])
+        })?;
+        let (no_face, errors) = (ctx.tally.skipped.n, ctx.tally.failed.n);
+        ctx.report.push(format!("detect: {} pictures; {no_face} without a face, {errors} unreadable", pictures.len()));
         Ok(())
     }
 }
 
 /// Detects on the picture shrunk to `max_side` (if larger), in original pixel coordinates.
-fn detect_within(detector: &mtcnn::Mtcnn, rgb: &image::RgbImage, settings: &mtcnn::Settings, max_side: Option<u32>) -> Vec<mtcnn::Face> {
+fn detect_within(detector: &Mtcnn, rgb: &RgbImage, settings: &mtcnn::Settings, max_side: Option<u32>) -> Result<Vec<Face>> {
     let longer = rgb.width().max(rgb.height());
     match max_side {
         Some(limit) if longer > limit => {
             let s = limit as f32 / longer as f32;
             let (w, h) = (((rgb.width() as f32 * s).round() as u32).max(1), ((rgb.height() as f32 * s).round() as u32).max(1));
-            let small = crate::io::image::resize(rgb, w, h);
+            let small = resize(rgb, w, h);
             let (sx, sy) = (rgb.width() as f32 / w as f32, rgb.height() as f32 / h as f32);
-            detector
-                .detect(&small, settings)
+            Ok(detector
+                .detect(&small, settings)?
                 .into_iter()
-                .map(|f| mtcnn::Face {
+                .map(|f| Face {
                     score: f.score,
                     bbox: [f.bbox[0] * sx, f.bbox[1] * sy, f.bbox[2] * sx, f.bbox[3] * sy],
                     landmarks: f.landmarks.map(|[x, y]| [x * sx, y * sy]),
                 })
-                .collect()
+                .collect())
         }
         _ => detector.detect(rgb, settings),
     }
 }
 
-fn float_lists(rows: &[Row], len: i32, values: impl Fn(&mtcnn::Face) -> Vec<f32>) -> Result<FixedSizeListArray> {
-    let mut flat = Vec::with_capacity(rows.len() * len as usize);
-    let mut valid = Vec::with_capacity(rows.len());
-    for r in rows {
-        match &r.face {
-            Some((_, f)) => flat.extend(values(f)),
-            None => flat.extend(std::iter::repeat_n(0.0, len as usize)),
-        }
-        valid.push(r.face.is_some());
-    }
-    Ok(FixedSizeListArray::try_new(
-        Arc::new(Field::new_list_field(DataType::Float32, false)),
-        len,
-        Arc::new(Float32Array::from(flat)),
-        Some(valid.into()),
-    )?)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn faces_batch(rows: &[Row]) -> Result<RecordBatch> {
-    let columns: Vec<Arc<dyn Array>> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.image_id))),
-        Arc::new(Int32Array::from(rows.iter().map(|r| r.face.map(|f| f.0)).collect::<Vec<_>>())),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.status))),
-        Arc::new(StringArray::from(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>())),
-        Arc::new(Float32Array::from(rows.iter().map(|r| r.face.map(|f| f.1.score)).collect::<Vec<_>>())),
-        Arc::new(float_lists(rows, 4, |f| f.bbox.to_vec())?),
-        Arc::new(float_lists(rows, 10, |f| f.landmarks.iter().flatten().copied().collect())?),
-    ];
-    table::batch("faces", None, columns)
+    #[test]
+    fn settings_that_would_never_end_the_pyramid_are_refused() {
+        let plan = |text: &str| plan_from::<Detect>(toml::from_str(text).unwrap()).err();
+        assert!(plan("scale_factor = 1.0").unwrap().starts_with("scale_factor = 1"));
+        assert!(plan("scale_factor = 0.0").is_some());
+        assert!(plan("min_face_size = 0.0").unwrap().starts_with("min_face_size = 0"));
+        assert!(plan("thresholds = [0.6, 0.7, 1.5]").is_some());
+        assert!(plan("device = 'gpu'").unwrap().contains("use auto, cpu, cuda or cuda:N"));
+        assert!(plan("").is_none());
+    }
 }

@@ -5,84 +5,47 @@
 //! pictures. The `metrics` table has one row per (classifier, model, identity) and one overall
 //! row per (classifier, model) with a null identity; the same figures are printed as a table.
 
-
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
-use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, StringArray};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::tables::{self as table, column};
-use crate::pipeline::stage::{Context, Kind, Stage, build_from};
+use crate::pipeline::{Context, Kind, Slot, StageConfig, plan_from};
+use crate::tables::metrics::{self, METRICS, Metric};
+use crate::tables::predictions::{self, PREDICTIONS};
+use crate::tables::splits::{self, SPLITS};
 
 pub const KIND: Kind = Kind {
     name: "evaluate",
     summary: "accuracy per identity and overall; protection rate for protected users",
-    inputs: &["predictions", "splits"],
+    inputs: &[Slot::new("predictions", &[PREDICTIONS]), Slot::new("splits", &[SPLITS])],
     optional_inputs: &[],
-    outputs: &["metrics"],
-    build: build_from::<Evaluate>,
+    outputs: &[Slot::new("metrics", &[METRICS])],
+    plan: plan_from::<Evaluate>,
 };
 
 /// Configuration of the `evaluate` stage (no settings yet).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Evaluate {}
 
-/// One row of the metrics table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Metric {
-    pub classifier: String,
-    pub model: String,
-    pub identity: Option<String>,
-    pub protected: Option<bool>,
-    pub n_test: i64,
-    pub accuracy: f64,
-}
-
-impl Metric {
-    pub fn protection_rate(&self) -> Option<f64> {
-        (self.protected == Some(true)).then(|| 1.0 - self.accuracy)
-    }
-}
-
-impl Stage for Evaluate {
+impl StageConfig for Evaluate {
     fn run(&self, ctx: &mut Context) -> Result<()> {
-        let protected = protected_identities(&ctx.read("splits")?)?;
-        let mut outcomes: Vec<(String, String, String, bool)> = Vec::new();
-        for b in ctx.read("predictions")? {
-            let (c, m, who, ok) = (
-                column::<StringArray>(&b, "classifier")?,
-                column::<StringArray>(&b, "model")?,
-                column::<StringArray>(&b, "identity")?,
-                column::<BooleanArray>(&b, "correct")?,
-            );
-            for i in 0..b.num_rows() {
-                outcomes.push((c.value(i).into(), m.value(i).into(), who.value(i).into(), ok.value(i)));
-            }
-        }
+        let protected = splits::read(&ctx.read("splits")?)?.protected;
+        let outcomes: Vec<(String, String, String, bool)> = predictions::read(&ctx.read("predictions")?)?
+            .into_iter()
+            .map(|p| (p.classifier.clone(), p.model.clone(), p.identity.clone(), p.correct()))
+            .collect();
         let metrics = compute(&outcomes, &protected);
         ctx.report.push(render(&metrics));
-        let batch = metrics_batch(&metrics)?;
+        let batch = metrics::batch(&metrics)?;
         ctx.write("metrics", batch.schema(), &[batch])?;
         Ok(())
     }
 }
 
-fn protected_identities(splits: &[arrow_array::RecordBatch]) -> Result<HashMap<String, bool>> {
-    let mut out = HashMap::new();
-    for b in splits {
-        let (who, p) = (column::<StringArray>(b, "identity")?, column::<BooleanArray>(b, "protected")?);
-        for i in 0..b.num_rows() {
-            out.insert(who.value(i).to_owned(), p.value(i));
-        }
-    }
-    Ok(out)
-}
-
 /// Metrics from (classifier, model, identity, correct) outcomes.
-pub fn compute(outcomes: &[(String, String, String, bool)], protected: &HashMap<String, bool>) -> Vec<Metric> {
+pub fn compute(outcomes: &[(String, String, String, bool)], protected: &BTreeSet<String>) -> Vec<Metric> {
     // (classifier, model) -> identity -> (n, correct)
     let mut counts: BTreeMap<(String, String), BTreeMap<String, (i64, i64)>> = BTreeMap::new();
     for (c, m, who, ok) in outcomes {
@@ -98,7 +61,7 @@ pub fn compute(outcomes: &[(String, String, String, bool)], protected: &HashMap<
             out.push(Metric {
                 classifier: classifier.clone(),
                 model: model.clone(),
-                protected: Some(protected.get(&who).copied().unwrap_or(false)),
+                protected: Some(protected.contains(&who)),
                 identity: Some(who),
                 n_test: n,
                 accuracy: k as f64 / n as f64,
@@ -106,19 +69,6 @@ pub fn compute(outcomes: &[(String, String, String, bool)], protected: &HashMap<
         }
     }
     out
-}
-
-fn metrics_batch(rows: &[Metric]) -> Result<arrow_array::RecordBatch> {
-    let columns: Vec<Arc<dyn Array>> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.classifier))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.model))),
-        Arc::new(StringArray::from(rows.iter().map(|r| r.identity.clone()).collect::<Vec<_>>())),
-        Arc::new(BooleanArray::from(rows.iter().map(|r| r.protected).collect::<Vec<_>>())),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.n_test))),
-        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.accuracy))),
-        Arc::new(Float64Array::from(rows.iter().map(|r| r.protection_rate()).collect::<Vec<_>>())),
-    ];
-    table::batch("metrics", None, columns)
 }
 
 /// A readable table: per (classifier, model), each identity's accuracy, then the overall line.
@@ -145,7 +95,7 @@ mod tests {
     fn accuracy_and_protection_rate() {
         let o = |who: &str, ok| ("nn".to_owned(), "m".to_owned(), who.to_owned(), ok);
         let outcomes = vec![o("a", true), o("a", false), o("b", true), o("b", true)];
-        let protected = HashMap::from([("a".to_owned(), true), ("b".to_owned(), false)]);
+        let protected = BTreeSet::from(["a".to_owned()]);
         let m = compute(&outcomes, &protected);
         assert_eq!(m.len(), 3);
         assert_eq!((m[0].identity.as_deref(), m[0].n_test, m[0].accuracy), (None, 4, 0.75));

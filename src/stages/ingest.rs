@@ -4,36 +4,40 @@
 //! (`<identity>/<file>`), or described by a manifest: a CSV or Parquet file with `path` and
 //! `identity` columns, paths relative to the dataset. Files are fetched concurrently and decoded
 //! in parallel (rayon), with EXIF orientation applied and size limits enforced. Every file
-//! becomes one row of the `images` table, `ok` or `error` with the reason: a corrupt file never
-//! stops the run and nothing is dropped silently. Files outside identity folders (a README at
-//! the dataset root) and hidden files are not pictures of anyone: they are counted in the log.
+//! becomes one row of the `images` table, `ok` or `error` with the reason, and so does every
+//! entry that cannot be read as a file (a name that is not UTF-8, a dangling symlink, a symlink
+//! loop, a directory cycle, a FIFO): nothing stops the run and nothing is dropped silently.
+//! Files outside identity folders (a README at the dataset root) and hidden files are not
+//! pictures of anyone: they are counted as skipped.
+//!
+//! The stage's fingerprint includes the dataset's listing with every file's size and
+//! modification time (ETag on S3), so a picture edited in place is ingested again.
 
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use arrow_array::{Array, RecordBatch, StringArray, UInt8Array, UInt32Array, UInt64Array};
+use arrow_array::{Array, StringArray};
 use rayon::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::io::image::{DecodeLimits, decode};
-use crate::io::{Location, fetch_many, split_url};
-use crate::tables as table;
-use crate::io::hex;
-use crate::pipeline::stage::{Context, Kind, Stage, build_from};
-use crate::progress::info;
+use crate::io::pictures::fetch_many;
+use crate::io::{Listed, Location, hex, sha256_hex, split_url};
+use crate::pipeline::{Chunks, Context, Kind, Slot, StageConfig, Tally, check, plan_from};
+use crate::tables::images::{self, IMAGES, ImageRow, Status};
 
 pub const KIND: Kind = Kind {
     name: "ingest",
     summary: "list a dataset (folder-per-identity or manifest, local or S3) and decode every picture",
     inputs: &[],
     optional_inputs: &[],
-    outputs: &["images"],
-    build: build_from::<Ingest>,
+    outputs: &[Slot::new("images", &[IMAGES])],
+    plan: plan_from::<Ingest>,
 };
 
 /// Configuration of the `ingest` stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ingest {
     /// Dataset root: a local folder or `s3://bucket/prefix`.
@@ -48,7 +52,7 @@ pub struct Ingest {
     /// Files fetched at once (S3 latency hides behind concurrency).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Files decoded per batch (bounds memory: only one batch of bytes is held at a time).
+    /// Files decoded per batch, each batch saved as it is done (bounds memory and resumes).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
 }
@@ -60,31 +64,53 @@ fn default_batch() -> usize {
     256
 }
 
-/// One file to ingest: where it is and whose picture it is.
+/// One entry of the dataset to account for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
     pub rel_path: String,
     pub identity: String,
+    /// Why the entry cannot be read as a file (it becomes an error row unread).
+    pub problem: Option<String>,
 }
 
-/// The stable id of a picture: 16 hex digits of SHA-256 of its dataset-relative path.
-pub fn image_id(rel_path: &str) -> String {
-    hex(&Sha256::digest(rel_path.as_bytes())[..8])
-}
+impl StageConfig for Ingest {
+    fn validate(&self) -> Result<(), String> {
+        check(!self.dataset.is_empty(), "dataset", &self.dataset, "a local folder or s3://bucket/prefix")?;
+        if !Location::is_s3_url(&self.dataset) {
+            Location::open(&self.dataset).map_err(|e| format!("dataset = {:?}: {}", self.dataset, e.root_cause()))?;
+        }
+        if let Some(m) = &self.manifest
+            && !Location::is_s3_url(m)
+            && !Location::is_s3_url(&self.dataset)
+        {
+            let path = std::path::Path::new(m);
+            let exists = path.is_file() || std::path::Path::new(&self.dataset).join(m).is_file();
+            check(exists, "manifest", m, "a CSV or Parquet file (a path, or a key inside the dataset); no such file")?;
+        }
+        check(self.concurrency >= 1, "concurrency", self.concurrency, "at least 1")?;
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")?;
+        self.limits.check()
+    }
 
-impl Stage for Ingest {
-    fn fingerprint_extra(&self) -> Result<String> {
-        // The listing (names and sizes) decides whether an earlier ingest is still valid.
+    /// The listing (names, sizes, modification times or ETags) and the manifest's content
+    /// decide whether an earlier ingest is still valid.
+    fn fingerprint_material(&self) -> Result<serde_json::Value> {
         let dataset = Location::open(&self.dataset)?;
         let mut h = Sha256::new();
-        for e in dataset.list()? {
-            h.update(format!("{}\t{}\n", e.key, e.size));
+        for entry in dataset.walk()? {
+            match entry {
+                Listed::File(e) => h.update(format!("{}\t{}\t{}\n", e.key, e.size, e.version)),
+                Listed::Odd { key, reason } => h.update(format!("{key}\todd\t{reason}\n")),
+            }
         }
-        if let Some(m) = &self.manifest {
-            let (dir, key) = manifest_location(&dataset, m)?;
-            h.update(dir.get(&key)?);
-        }
-        Ok(hex(&h.finalize()))
+        let manifest = match &self.manifest {
+            Some(m) => {
+                let (dir, key) = manifest_location(&dataset, m)?;
+                Some(sha256_hex(&dir.get(&key)?))
+            }
+            None => None,
+        };
+        Ok(serde_json::json!({ "listing": hex(&h.finalize()), "manifest": manifest }))
     }
 
     fn run(&self, ctx: &mut Context) -> Result<()> {
@@ -94,121 +120,100 @@ impl Stage for Ingest {
                 let (dir, key) = manifest_location(&dataset, m)?;
                 read_manifest(&dir.get(&key)?, &dir.url_of(&key))?
             }
-            None => list_identity_folders(&dataset, ctx.options.quiet)?,
+            None => list_identity_folders(&dataset, ctx)?,
         };
         if items.is_empty() {
             bail!("{}: no files found (expected <identity>/<picture> or a manifest)", dataset.url());
         }
-        let schema = table::schema("images").arrow(None);
-        let mut writer = ctx.writer("images", schema)?;
-        let mut progress = ctx.progress(items.len() as u64, "images");
-        let (mut ok, mut errors) = (0, 0);
-        for chunk in items.chunks(self.batch_size.max(1)) {
-            let rows = self.ingest_chunk(&dataset, chunk);
-            for r in &rows {
-                if r.error.is_none() { ok += 1 } else { errors += 1 }
-            }
-            writer.write(&rows_to_batch(&rows)?)?;
-            progress.add(chunk.len() as u64);
-        }
-        progress.finish();
-        writer.finish()?;
-        info(ctx.options.quiet, &format!("ingest: {ok} pictures ok, {errors} refused (see the error column of images)"));
-        ctx.report.push(format!("ingest: {} files from {}: {ok} ok, {errors} errors", items.len(), dataset.url()));
+        let outputs = [("images", images::batch(IMAGES, &[])?.schema())];
+        ctx.resumable(&items, &Chunks::even(items.len(), self.batch_size), "images", &outputs, |chunk, tally| {
+            let rows = self.ingest_chunk(&dataset, chunk, tally);
+            Ok(vec![vec![images::batch(IMAGES, &rows)?]])
+        })?;
+        let errors = ctx.tally.failed.n;
+        ctx.report.push(format!("ingest: {} files from {}: {} ok, {errors} errors", items.len(), dataset.url(), items.len() as u64 - errors));
         Ok(())
     }
 }
 
 impl Ingest {
-    fn ingest_chunk(&self, dataset: &Location, chunk: &[Item]) -> Vec<Row> {
-        let keys: Vec<String> = chunk.iter().map(|i| i.rel_path.clone()).collect();
-        let fetched = fetch_many(dataset, &keys, self.concurrency);
-        chunk
-            .par_iter()
-            .zip(fetched.into_par_iter())
-            .map(|(item, bytes)| Row::from_bytes(dataset, item, bytes, &self.limits))
-            .collect()
-    }
-}
-
-/// One row of the images table.
-struct Row {
-    item: Item,
-    uri: String,
-    error: Option<String>,
-    format: Option<String>,
-    size: Option<(u32, u32)>,
-    orientation: Option<u8>,
-    bytes: u64,
-    sha256: Option<String>,
-}
-
-impl Row {
-    fn from_bytes(dataset: &Location, item: &Item, bytes: Result<bytes::Bytes>, limits: &DecodeLimits) -> Row {
-        let mut row = Row {
-            item: item.clone(),
-            uri: dataset.url_of(&item.rel_path),
-            error: None,
-            format: None,
-            size: None,
-            orientation: None,
-            bytes: 0,
-            sha256: None,
-        };
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) => {
-                row.error = Some(format!("cannot read: {}", e.root_cause()));
-                return row;
-            }
-        };
-        row.bytes = bytes.len() as u64;
-        row.sha256 = Some(hex(&Sha256::digest(&bytes)));
-        match decode(&bytes, limits) {
-            Ok(d) => {
-                row.format = Some(d.format.to_owned());
-                row.size = Some((d.rgb.width(), d.rgb.height()));
-                row.orientation = Some(d.exif_orientation);
-            }
-            Err(e) => row.error = Some(e.0),
+    fn ingest_chunk(&self, dataset: &Location, chunk: &[Item], tally: &mut Tally) -> Vec<ImageRow> {
+        let readable: Vec<&str> = chunk.iter().filter(|i| i.problem.is_none()).map(|i| i.rel_path.as_str()).collect();
+        let mut fetched = fetch_many(dataset, &readable, self.concurrency, self.limits.max_bytes).into_iter();
+        let inputs: Vec<(&Item, Option<Result<bytes::Bytes>>)> =
+            chunk.iter().map(|i| (i, i.problem.is_none().then(|| fetched.next().expect("one fetch per readable item")))).collect();
+        let rows: Vec<ImageRow> = inputs.into_par_iter().map(|(item, bytes)| row(dataset, item, bytes, &self.limits)).collect();
+        for r in rows.iter().filter(|r| r.status == Status::Error) {
+            tally.failed.add(format!("{}: {}", r.uri, r.error.as_deref().unwrap_or_default()));
         }
-        row
+        rows
     }
 }
 
-fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch> {
-    let s = |f: &dyn Fn(&Row) -> Option<String>| Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as Arc<dyn Array>;
-    let columns: Vec<Arc<dyn Array>> = vec![
-        s(&|r| Some(image_id(&r.item.rel_path))),
-        s(&|r| Some(r.item.identity.clone())),
-        s(&|r| Some(r.uri.clone())),
-        s(&|r| Some(r.item.rel_path.clone())),
-        s(&|r| Some(if r.error.is_none() { "ok" } else { "error" }.to_owned())),
-        s(&|r| r.error.clone()),
-        s(&|r| r.format.clone()),
-        Arc::new(UInt32Array::from(rows.iter().map(|r| r.size.map(|s| s.0)).collect::<Vec<_>>())),
-        Arc::new(UInt32Array::from(rows.iter().map(|r| r.size.map(|s| s.1)).collect::<Vec<_>>())),
-        Arc::new(UInt8Array::from(rows.iter().map(|r| r.orientation).collect::<Vec<_>>())),
-        Arc::new(UInt64Array::from(rows.iter().map(|r| r.bytes).collect::<Vec<_>>())),
-        s(&|r| r.sha256.clone()),
-    ];
-    table::batch("images", None, columns)
-}
-
-/// Lists `<identity>/<file>` entries; hidden files and files at the root are counted, not rows.
-fn list_identity_folders(dataset: &Location, quiet: bool) -> Result<Vec<Item>> {
-    let (mut items, mut at_root, mut hidden) = (Vec::new(), 0, 0);
-    for entry in dataset.list()? {
-        if entry.key.split('/').any(|part| part.starts_with('.')) {
-            hidden += 1;
-        } else if let Some((identity, _)) = entry.key.split_once('/') {
-            items.push(Item { identity: identity.to_owned(), rel_path: entry.key });
-        } else {
-            at_root += 1;
+/// The images row of one entry: its bytes decoded, or why there are none.
+fn row(dataset: &Location, item: &Item, bytes: Option<Result<bytes::Bytes>>, limits: &DecodeLimits) -> ImageRow {
+    let uri = dataset.url_of(&item.rel_path);
+    let mut row = ImageRow {
+        image_id: images::image_id(&item.rel_path),
+        identity: item.identity.clone(),
+        uri: uri.clone(),
+        rel_path: item.rel_path.clone(),
+        status: Status::Error,
+        error: None,
+        format: None,
+        width: None,
+        height: None,
+        exif_orientation: None,
+        bytes: 0,
+        sha256: None,
+        original_uri: uri.clone(),
+    };
+    let bytes = match bytes {
+        None => {
+            row.error = item.problem.clone();
+            return row;
         }
+        Some(Err(e)) => {
+            // The message starts with the URL, which the row already holds.
+            let text = format!("{e:#}");
+            row.error = Some(text.strip_prefix(&format!("{uri}: ")).unwrap_or(&text).to_owned());
+            return row;
+        }
+        Some(Ok(b)) => b,
+    };
+    row.bytes = bytes.len() as u64;
+    row.sha256 = Some(sha256_hex(&bytes));
+    match decode(&bytes, limits) {
+        Ok(d) => {
+            row.status = Status::Ok;
+            row.format = Some(d.format.to_owned());
+            row.width = Some(d.rgb.width());
+            row.height = Some(d.rgb.height());
+            row.exif_orientation = Some(d.exif_orientation);
+        }
+        Err(e) => row.error = Some(e.0),
     }
-    if at_root + hidden > 0 {
-        info(quiet, &format!("ingest: ignored {at_root} files at the dataset root (not in an identity folder) and {hidden} hidden files"));
+    row
+}
+
+/// Lists `<identity>/<file>` entries; hidden entries and files at the root are skipped (counted),
+/// odd entries become items that will be error rows.
+fn list_identity_folders(dataset: &Location, ctx: &mut Context) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    for entry in dataset.walk()? {
+        let key = entry.key().to_owned();
+        if key.split('/').any(|part| part.starts_with('.')) {
+            ctx.skip(format!("{}: hidden", dataset.url_of(&key)));
+            continue;
+        }
+        match (entry, key.split_once('/')) {
+            (Listed::File(_), None) => ctx.skip(format!("{}: not in an identity folder", dataset.url_of(&key))),
+            (Listed::File(_), Some((identity, _))) => items.push(Item { identity: identity.to_owned(), rel_path: key.clone(), problem: None }),
+            (Listed::Odd { reason, .. }, split) => {
+                let identity = split.map_or(key.as_str(), |(identity, _)| identity).to_owned();
+                items.push(Item { identity, rel_path: key.clone(), problem: Some(reason) });
+            }
+        }
     }
     Ok(items)
 }
@@ -217,7 +222,8 @@ fn list_identity_folders(dataset: &Location, quiet: bool) -> Result<Vec<Item>> {
 fn manifest_location(dataset: &Location, manifest: &str) -> Result<(Location, String)> {
     if manifest.contains("://") || manifest.starts_with('/') || std::path::Path::new(manifest).exists() {
         let (dir, key) = split_url(manifest);
-        Ok((Location::open(dir)?, key.to_owned()))
+        let dir = Location::open(dir).with_context(|| format!("manifest {manifest}"))?;
+        Ok((dir, key.to_owned()))
     } else {
         Ok((dataset.clone(), manifest.to_owned()))
     }
@@ -225,17 +231,16 @@ fn manifest_location(dataset: &Location, manifest: &str) -> Result<(Location, St
 
 /// Parses a manifest: Parquet (by its magic bytes) or CSV with a header row.
 pub fn read_manifest(bytes: &[u8], url: &str) -> Result<Vec<Item>> {
-    let pairs = if bytes.starts_with(b"PAR1") { manifest_parquet(bytes) } else { manifest_csv(bytes) }
-        .with_context(|| format!("{url}: bad manifest"))?;
+    let pairs = if bytes.starts_with(b"PAR1") { manifest_parquet(bytes) } else { manifest_csv(bytes) }.with_context(|| format!("{url}: bad manifest"))?;
     pairs
         .into_iter()
         .enumerate()
         .map(|(i, (path, identity))| {
             let rel_path = path.trim_start_matches("./").to_owned();
-            if rel_path.is_empty() || identity.is_empty() || rel_path.split('/').any(|p| p == "..") {
+            if rel_path.is_empty() || identity.is_empty() || rel_path.starts_with('/') || rel_path.split('/').any(|p| p == "..") {
                 bail!("{url}: row {}: needs a relative path inside the dataset and an identity", i + 1);
             }
-            Ok(Item { rel_path, identity })
+            Ok(Item { rel_path, identity, problem: None })
         })
         .collect()
 }
@@ -254,21 +259,18 @@ fn manifest_csv(bytes: &[u8]) -> Result<Vec<(String, String)>> {
 }
 
 fn manifest_parquet(bytes: &[u8]) -> Result<Vec<(String, String)>> {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::copy_from_slice(bytes))?.build()?;
     let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch?;
+    for batch in crate::io::parquet::read_bytes(bytes::Bytes::copy_from_slice(bytes), "manifest")? {
         let as_strings = |name: &str| -> Result<Vec<String>> {
             let col = batch.column_by_name(name).ok_or_else(|| anyhow!("no {name:?} column"))?;
-            let col = arrow_cast_to_strings(col.as_ref()).ok_or_else(|| anyhow!("column {name:?} must be text"))?;
-            Ok(col)
+            arrow_cast_to_strings(col).ok_or_else(|| anyhow!("column {name:?} must be text"))
         };
         out.extend(as_strings("path")?.into_iter().zip(as_strings("identity")?));
     }
     Ok(out)
 }
 
-fn arrow_cast_to_strings(array: &dyn Array) -> Option<Vec<String>> {
+fn arrow_cast_to_strings(array: &Arc<dyn Array>) -> Option<Vec<String>> {
     use arrow_array::{LargeStringArray, StringViewArray};
     let any = array.as_any();
     if let Some(a) = any.downcast_ref::<StringArray>() {
@@ -286,16 +288,26 @@ mod tests {
 
     #[test]
     fn image_ids_are_stable_and_distinct() {
-        assert_eq!(image_id("a/b.jpg"), image_id("a/b.jpg"));
-        assert_ne!(image_id("a/b.jpg"), image_id("a/c.jpg"));
-        assert_eq!(image_id("a/b.jpg").len(), 16);
+        assert_eq!(images::image_id("a/b.jpg"), images::image_id("a/b.jpg"));
+        assert_ne!(images::image_id("a/b.jpg"), images::image_id("a/c.jpg"));
+        assert_eq!(images::image_id("a/b.jpg").len(), 16);
     }
 
     #[test]
     fn csv_manifest_needs_path_and_identity() {
         let items = read_manifest(b"identity,path\nann,ann/1.jpg\nbob,./bob/2.png\n", "m.csv").unwrap();
-        assert_eq!(items[1], Item { rel_path: "bob/2.png".into(), identity: "bob".into() });
+        assert_eq!(items[1], Item { rel_path: "bob/2.png".into(), identity: "bob".into(), problem: None });
         assert!(read_manifest(b"file,who\nx,y\n", "m.csv").is_err());
         assert!(read_manifest(b"path,identity\n../etc/passwd,x\n", "m.csv").is_err());
+        assert!(read_manifest(b"path,identity\n/etc/passwd,x\n", "m.csv").is_err());
+    }
+
+    #[test]
+    fn a_missing_dataset_or_manifest_is_a_plan_error() {
+        let plan = |text: &str| plan_from::<Ingest>(toml::from_str(text).unwrap()).err().unwrap();
+        assert!(plan("dataset = '/no/such/folder'").contains("no such folder"));
+        let err = plan("dataset = '.'\nmanifest = '/nonexistent/m.csv'");
+        assert!(err.contains("manifest") && err.contains("/nonexistent/m.csv"), "{err}");
+        assert!(plan("dataset = '.'\nbatch_size = 0").contains("batch_size = 0"));
     }
 }

@@ -5,28 +5,27 @@
 //! a person to a dataset does not move anyone else's pictures between train and test.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use arrow_array::{Array, BooleanArray, StringArray};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
 use crate::rng::Rng;
-use crate::tables::{self as table, column};
-use crate::pipeline::stage::{Context, Kind, Stage, build_from};
+use crate::tables::images::{self, Status};
+use crate::tables::splits::{self, Assignment, SPLITS, Side};
 
 pub const KIND: Kind = Kind {
     name: "split",
     summary: "per-identity seeded train/test split; names the protected users",
-    inputs: &["images"],
+    inputs: &[Slot::new("images", images::ANY)],
     optional_inputs: &[],
-    outputs: &["splits"],
-    build: build_from::<Split>,
+    outputs: &[Slot::new("splits", &[SPLITS])],
+    plan: plan_from::<Split>,
 };
 
 /// Configuration of the `split` stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Split {
     /// Fraction of each identity's pictures used for training.
@@ -46,43 +45,28 @@ fn default_fraction() -> f64 {
     0.7
 }
 
-/// One picture's assignment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Assignment {
-    pub image_id: String,
-    pub identity: String,
-    pub train: bool,
-    pub protected: bool,
-}
+impl StageConfig for Split {
+    fn validate(&self) -> Result<(), String> {
+        check(
+            (0.0..=1.0).contains(&self.train_fraction),
+            "train_fraction",
+            self.train_fraction,
+            "within 0..1 (the share of each identity's pictures that trains)",
+        )?;
+        check(self.protected.is_empty() || self.protected_count == 0, "protected_count", self.protected_count, "0 when protected names the users")
+    }
 
-impl Stage for Split {
     fn run(&self, ctx: &mut Context) -> Result<()> {
         let mut by_identity: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for batch in ctx.read("images")? {
-            let ids = column::<StringArray>(&batch, "image_id")?;
-            let who = column::<StringArray>(&batch, "identity")?;
-            let status = column::<StringArray>(&batch, "status")?;
-            for i in 0..batch.num_rows() {
-                if status.value(i) == "ok" {
-                    by_identity.entry(who.value(i).to_owned()).or_default().push(ids.value(i).to_owned());
-                }
-            }
+        for row in images::read(&ctx.read("images")?)?.into_iter().filter(|r| r.status == Status::Ok) {
+            by_identity.entry(row.identity).or_default().push(row.image_id);
         }
         let rows = self.assign(by_identity)?;
-        let n_train = rows.iter().filter(|r| r.train).count();
-        let protected: Vec<_> = {
-            let mut p: Vec<_> = rows.iter().filter(|r| r.protected).map(|r| r.identity.as_str()).collect();
-            p.dedup();
-            p
-        };
+        let n_train = rows.iter().filter(|r| r.side == Side::Train).count();
+        let mut protected: Vec<_> = rows.iter().filter(|r| r.protected).map(|r| r.identity.as_str()).collect();
+        protected.dedup();
         ctx.report.push(format!("split: {n_train} train / {} test pictures; protected users: {protected:?}", rows.len() - n_train));
-        let columns: Vec<Arc<dyn Array>> = vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.image_id))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.identity))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| if r.train { "train" } else { "test" }))),
-            Arc::new(BooleanArray::from(rows.iter().map(|r| r.protected).collect::<Vec<_>>())),
-        ];
-        let batch = table::batch("splits", None, columns)?;
+        let batch = splits::batch(&rows)?;
         ctx.write("splits", batch.schema(), &[batch])?;
         Ok(())
     }
@@ -91,9 +75,6 @@ impl Stage for Split {
 impl Split {
     /// Splits every identity's pictures; `by_identity` maps a name to its image ids.
     pub fn assign(&self, by_identity: BTreeMap<String, Vec<String>>) -> Result<Vec<Assignment>> {
-        if !(0.0..=1.0).contains(&self.train_fraction) {
-            bail!("train_fraction must be within 0..1, got {}", self.train_fraction);
-        }
         let protected = self.protected_users(&by_identity)?;
         let mut rows = Vec::new();
         for (identity, mut ids) in by_identity {
@@ -108,7 +89,7 @@ impl Split {
             rows.extend(ids.into_iter().enumerate().map(|(i, image_id)| Assignment {
                 image_id,
                 identity: identity.clone(),
-                train: i < n_train,
+                side: if i < n_train { Side::Train } else { Side::Test },
                 protected: is_protected,
             }));
         }
@@ -156,7 +137,7 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 20, "an image appears twice");
-        let train = |p: &str| rows.iter().filter(|r| r.identity == p && r.train).count();
+        let train = |p: &str| rows.iter().filter(|r| r.identity == p && r.side == Side::Train).count();
         assert_eq!((train("p0"), train("p1"), train("p2"), train("p3")), (7, 5, 1, 1));
     }
 

@@ -2,72 +2,44 @@
 //! classifier. Every pair of pictures is scored by cosine similarity; the ROC AUC and the equal
 //! error rate summarise how same-person pairs separate from different-person pairs.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use anyhow::{Result, bail};
-use arrow_array::{Array, Float64Array, Int64Array, StringArray};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind as DType, Tensor};
 
-use crate::stages::embed::read_embeddings;
-use crate::tables::{self as table, column};
-use crate::pipeline::stage::{Context, Kind, Stage, build_from};
+use crate::pipeline::{Context, Kind, Slot, StageConfig, plan_from};
+use crate::tables::embeddings::{self, EMBEDDINGS};
+use crate::tables::images;
+use crate::tables::verification::{self, VERIFICATION, Verification};
 
 pub const KIND: Kind = Kind {
     name: "verify",
     summary: "verification ROC AUC and equal error rate of each model's embeddings over all pairs",
-    inputs: &["images", "embeddings"],
+    inputs: &[Slot::new("images", images::ANY), Slot::new("embeddings", &[EMBEDDINGS])],
     optional_inputs: &[],
-    outputs: &["verification"],
-    build: build_from::<Verify>,
+    outputs: &[Slot::new("verification", &[VERIFICATION])],
+    plan: plan_from::<Verify>,
 };
 
 /// Configuration of the `verify` stage (no settings yet).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Verify {}
 
-/// Verification quality of one model.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Verification {
-    pub model: String,
-    pub n_same: i64,
-    pub n_different: i64,
-    pub auc: f64,
-    pub eer: f64,
-}
-
-impl Stage for Verify {
+impl StageConfig for Verify {
     fn run(&self, ctx: &mut Context) -> Result<()> {
-        let mut identity: HashMap<String, String> = HashMap::new();
-        for b in ctx.read("images")? {
-            let (ids, who) = (column::<StringArray>(&b, "image_id")?, column::<StringArray>(&b, "identity")?);
-            for i in 0..b.num_rows() {
-                identity.insert(ids.value(i).to_owned(), who.value(i).to_owned());
-            }
-        }
+        let identity = images::identities(&ctx.read("images")?)?;
         let mut rows = Vec::new();
-        let mut models: Vec<_> = read_embeddings(&ctx.read("embeddings")?)?.into_iter().collect();
-        models.sort_by(|a, b| a.0.cmp(&b.0));
-        for (model, (ids, features)) in models {
-            let labels: Vec<&str> = ids.iter().map(|id| identity.get(id).map_or("", String::as_str)).collect();
-            let (same, different) = pair_scores(&features, &labels);
+        for m in embeddings::read(&ctx.read("embeddings")?)? {
+            let labels: Vec<&str> = m.ids.iter().map(|id| identity.get(id).map_or("", String::as_str)).collect();
+            let (same, different) = pair_scores(&m.features, &labels);
             if same.is_empty() || different.is_empty() {
-                bail!("{model}: need same- and different-identity pairs (got {} and {})", same.len(), different.len());
+                bail!("{}: need same- and different-identity pairs (got {} and {})", m.model, same.len(), different.len());
             }
             let (auc, eer) = (auc(&same, &different), eer(&same, &different));
-            ctx.report.push(format!("verify: {model}: AUC {auc:.4}, EER {eer:.4} over {} same / {} different pairs", same.len(), different.len()));
-            rows.push(Verification { model, n_same: same.len() as i64, n_different: different.len() as i64, auc, eer });
+            ctx.report.push(format!("verify: {}: AUC {auc:.4}, EER {eer:.4} over {} same / {} different pairs", m.model, same.len(), different.len()));
+            rows.push(Verification { model: m.model, n_same: same.len() as i64, n_different: different.len() as i64, auc, eer });
         }
-        let columns: Vec<Arc<dyn Array>> = vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.model))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.n_same))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.n_different))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.auc))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.eer))),
-        ];
-        let batch = table::batch("verification", None, columns)?;
+        let batch = verification::batch(&rows)?;
         ctx.write("verification", batch.schema(), &[batch])?;
         Ok(())
     }
@@ -75,8 +47,7 @@ impl Stage for Verify {
 
 /// Cosine similarities of all pairs i < j, split into same-label and different-label pairs.
 pub fn pair_scores(features: &Tensor, labels: &[&str]) -> (Vec<f64>, Vec<f64>) {
-    let unit = features.to_kind(DType::Double);
-    let unit = &unit / unit.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12);
+    let unit = crate::models::l2_normalise(&features.to_kind(DType::Double));
     let sims: Vec<f64> = Vec::try_from(unit.matmul(&unit.tr()).flatten(0, -1)).expect("f64 similarities");
     let n = labels.len();
     let (mut same, mut different) = (Vec::new(), Vec::new());

@@ -1,28 +1,32 @@
-//! Typed tables: the schemas in `schemas/*.toml`, and Parquet reading and writing.
+//! The tables stages read and write: one module per table, holding its row type, its typed
+//! values (a status, a split side), its reader and its batch builder. Stages share tables,
+//! never each other's code.
 //!
-//! The TOML files in `schemas/` are the single source of truth for every table the pipeline
-//! writes: they are compiled into the binary, turned into Arrow schemas here, and every batch
-//! a stage writes is checked against them (`RecordBatch::try_new` rejects a wrong type or a
-//! null in a non-null column). Tests read the written files back with Polars and Pandas.
-//!
-//! A table `t` lives at `<dir>/t.parquet`, or as parts `<dir>/t/part-*.parquet` when runs are
-//! sharded; [`read`] accepts both.
+//! The TOML files in `schemas/` are the single source of truth for every table's columns: they
+//! are compiled into the binary, turned into Arrow schemas here, and every batch a stage writes
+//! is checked against them (`RecordBatch::try_new` rejects a wrong type or a null in a non-null
+//! column). A schema may be `based_on` another (its columns first, then its own). Tests read
+//! every written file back with Polars and Pandas and check it against its schema, found by the
+//! `cloakbench.table` key each file carries.
+
+pub mod cloak_shifts;
+pub mod cloaks;
+pub mod embeddings;
+pub mod faces;
+pub mod images;
+pub mod metrics;
+pub mod predictions;
+pub mod splits;
+pub mod verification;
 
 use std::{collections::HashMap, sync::Arc, sync::OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
-use arrow_array::{Array, RecordBatch};
+use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::{
-    arrow::{AsyncArrowWriter, arrow_reader::ParquetRecordBatchReaderBuilder},
-    basic::Compression,
-    file::properties::WriterProperties,
-};
 use serde::Deserialize;
 
-use crate::io::{Location, block_on};
-
-/// Metadata key naming the table a Parquet file holds.
+/// Metadata key naming the schema a Parquet file follows.
 pub const TABLE_KEY: &str = "cloakbench.table";
 
 /// The documentation of one table, as written in `schemas/<name>.toml`.
@@ -30,12 +34,15 @@ pub const TABLE_KEY: &str = "cloakbench.table";
 #[serde(deny_unknown_fields)]
 pub struct TableSchema {
     pub table: String,
+    /// Another schema whose columns come first.
+    #[serde(default)]
+    pub based_on: Option<String>,
     pub description: String,
     pub columns: Vec<Column>,
 }
 
 /// One documented column.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Column {
     pub name: String,
@@ -50,45 +57,56 @@ pub struct Column {
 
 const SCHEMA_FILES: &[(&str, &str)] = &[
     ("images", include_str!("../../schemas/images.toml")),
+    ("cloaked_images", include_str!("../../schemas/cloaked_images.toml")),
+    ("reencoded_images", include_str!("../../schemas/reencoded_images.toml")),
     ("splits", include_str!("../../schemas/splits.toml")),
+    ("faces", include_str!("../../schemas/faces.toml")),
     ("embeddings", include_str!("../../schemas/embeddings.toml")),
     ("predictions", include_str!("../../schemas/predictions.toml")),
     ("metrics", include_str!("../../schemas/metrics.toml")),
-    ("faces", include_str!("../../schemas/faces.toml")),
     ("verification", include_str!("../../schemas/verification.toml")),
     ("cloaks", include_str!("../../schemas/cloaks.toml")),
     ("cloak_shifts", include_str!("../../schemas/cloak_shifts.toml")),
 ];
 
-/// The documented schema called `name` (the `table` key of its TOML file).
+/// The documented schema called `name`, with the columns of the schema it is based on first.
 pub fn schema(name: &str) -> &'static TableSchema {
     static ALL: OnceLock<HashMap<String, TableSchema>> = OnceLock::new();
     let all = ALL.get_or_init(|| {
-        SCHEMA_FILES
+        let parsed: HashMap<String, TableSchema> = SCHEMA_FILES
             .iter()
             .map(|(file, text)| {
                 let s: TableSchema = toml::from_str(text).unwrap_or_else(|e| panic!("schemas/{file}.toml: {e}"));
                 assert_eq!(s.table, *file, "schemas/{file}.toml names table {}", s.table);
                 (s.table.clone(), s)
             })
-            .collect()
+            .collect();
+        let base_columns = |s: &TableSchema| -> Vec<Column> {
+            s.based_on.as_ref().map_or(vec![], |b| parsed.get(b).unwrap_or_else(|| panic!("schemas/{}.toml: no schema {b}", s.table)).columns.clone())
+        };
+        let resolved: Vec<TableSchema> = parsed
+            .values()
+            .map(|s| TableSchema {
+                table: s.table.clone(),
+                based_on: s.based_on.clone(),
+                description: s.description.clone(),
+                columns: base_columns(s).into_iter().chain(s.columns.iter().cloned()).collect(),
+            })
+            .collect();
+        resolved.into_iter().map(|s| (s.table.clone(), s)).collect()
     });
     all.get(name).unwrap_or_else(|| panic!("no schema named {name} in schemas/"))
 }
 
-/// Every documented schema.
-pub fn all_schemas() -> Vec<&'static TableSchema> {
-    SCHEMA_FILES.iter().map(|(name, _)| schema(name)).collect()
+/// Every documented schema's name.
+pub fn schema_names() -> impl Iterator<Item = &'static str> {
+    SCHEMA_FILES.iter().map(|(name, _)| *name)
 }
 
 impl TableSchema {
     /// The Arrow schema; `list_len` is the length of its fixed-size-list column, if any.
     pub fn arrow(&self, list_len: Option<i32>) -> SchemaRef {
-        let fields: Vec<Field> = self
-            .columns
-            .iter()
-            .map(|c| Field::new(&c.name, arrow_type(&c.type_name, list_len), c.nullable))
-            .collect();
+        let fields: Vec<Field> = self.columns.iter().map(|c| Field::new(&c.name, arrow_type(&c.type_name, list_len), c.nullable)).collect();
         let metadata = HashMap::from([(TABLE_KEY.to_owned(), self.table.clone())]);
         Arc::new(Schema::new_with_metadata(fields, metadata))
     }
@@ -109,7 +127,11 @@ impl TableSchema {
             if field.data_type() != &want || field.is_nullable() != column.nullable {
                 bail!(
                     "table {} column {}: {:?} (nullable {}), documented {want:?} (nullable {})",
-                    self.table, column.name, field.data_type(), field.is_nullable(), column.nullable
+                    self.table,
+                    column.name,
+                    field.data_type(),
+                    field.is_nullable(),
+                    column.nullable
                 );
             }
         }
@@ -141,85 +163,8 @@ fn float_list(len: i32) -> DataType {
 }
 
 /// A batch of the documented table `name`, checked against its schema.
-pub fn batch(name: &str, list_len: Option<i32>, columns: Vec<Arc<dyn Array>>) -> Result<RecordBatch> {
-    RecordBatch::try_new(schema(name).arrow(list_len), columns)
-        .with_context(|| format!("building a batch of table {name}"))
-}
-
-/// Streams batches into `<dir>/<name>.parquet`; the file appears only when [`finish`] succeeds.
-///
-/// [`finish`]: TableWriter::finish
-pub struct TableWriter {
-    inner: AsyncArrowWriter<object_store::buffered::BufWriter>,
-    url: String,
-    rows: usize,
-}
-
-impl TableWriter {
-    pub fn create(dir: &Location, name: &str, schema: SchemaRef) -> Result<TableWriter> {
-        let key = format!("{name}.parquet");
-        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-        let inner = AsyncArrowWriter::try_new(dir.writer(&key), schema, Some(props))?;
-        Ok(TableWriter { inner, url: dir.url_of(&key), rows: 0 })
-    }
-
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.rows += batch.num_rows();
-        block_on(self.inner.write(batch)).with_context(|| format!("{}: cannot write", self.url))
-    }
-
-    /// Completes the file and returns its row count.
-    pub fn finish(self) -> Result<usize> {
-        block_on(self.inner.close()).with_context(|| format!("{}: cannot finish", self.url))?;
-        Ok(self.rows)
-    }
-}
-
-/// Writes a whole table at once (atomically).
-pub fn write(dir: &Location, name: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<usize> {
-    let mut writer = TableWriter::create(dir, name, schema)?;
-    for b in batches {
-        writer.write(b)?;
-    }
-    writer.finish()
-}
-
-/// Whether table `name` exists in `dir` (as one file or as parts).
-pub fn exists(dir: &Location, name: &str) -> Result<bool> {
-    Ok(dir.exists(&format!("{name}.parquet"))? || !parts(dir, name)?.is_empty())
-}
-
-fn parts(dir: &Location, name: &str) -> Result<Vec<String>> {
-    if dir.url().starts_with('/') && !std::path::Path::new(&dir.url_of(name)).is_dir() {
-        return Ok(vec![]);
-    }
-    Ok(dir
-        .child(name)
-        .list()?
-        .into_iter()
-        .filter(|e| e.key.ends_with(".parquet") && !e.key.contains('/'))
-        .map(|e| format!("{name}/{}", e.key))
-        .collect())
-}
-
-/// Reads table `name` from `dir`: `<name>.parquet`, or all of `<name>/*.parquet` in key order.
-pub fn read(dir: &Location, name: &str) -> Result<Vec<RecordBatch>> {
-    let single = format!("{name}.parquet");
-    let keys = if dir.exists(&single)? { vec![single] } else { parts(dir, name)? };
-    if keys.is_empty() {
-        bail!("{}: no table {name} (neither {name}.parquet nor {name}/part-*.parquet)", dir.url());
-    }
-    let mut batches = Vec::new();
-    for key in keys {
-        let bytes = dir.get(&key)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.with_batch_size(8192).build())
-            .with_context(|| format!("{}: not a readable Parquet file", dir.url_of(&key)))?;
-        for batch in reader {
-            batches.push(batch.with_context(|| format!("{}: corrupt Parquet data", dir.url_of(&key)))?);
-        }
-    }
-    Ok(batches)
+pub fn batch(name: &str, list_len: Option<i32>, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    RecordBatch::try_new(schema(name).arrow(list_len), columns).with_context(|| format!("building a batch of table {name}"))
 }
 
 /// Typed access to a column, with an error naming the column when it is missing or mistyped.
@@ -232,17 +177,70 @@ pub fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a 
         .ok_or_else(|| anyhow!("column {name} has an unexpected type"))
 }
 
+/// A text column.
+pub fn strings<S: AsRef<str>>(values: impl IntoIterator<Item = S>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+/// A nullable text column.
+pub fn opt_strings<S: AsRef<str>>(values: impl IntoIterator<Item = Option<S>>) -> ArrayRef {
+    Arc::new(values.into_iter().collect::<StringArray>())
+}
+
+/// A column of `len` float32 values per row; a `None` row is null.
+pub fn float_lists(len: i32, rows: impl IntoIterator<Item = Option<Vec<f32>>>) -> Result<ArrayRef> {
+    let (mut flat, mut valid) = (Vec::new(), Vec::new());
+    for row in rows {
+        valid.push(row.is_some());
+        match row {
+            Some(values) if values.len() == len as usize => flat.extend(values),
+            Some(values) => bail!("a list of {} values in a column of {len}", values.len()),
+            None => flat.extend(std::iter::repeat_n(0.0, len as usize)),
+        }
+    }
+    let nulls = valid.iter().any(|v| !v).then(|| valid.into());
+    Ok(Arc::new(FixedSizeListArray::try_new(Arc::new(Field::new_list_field(DataType::Float32, false)), len, Arc::new(Float32Array::from(flat)), nulls)?))
+}
+
+/// The float32 values of row `i` of a fixed-size-list column.
+pub fn list_values(list: &FixedSizeListArray, i: usize) -> Result<Vec<f32>> {
+    let values = list.values().as_any().downcast_ref::<Float32Array>().context("list values must be float32")?;
+    let n = list.value_length() as usize;
+    let start = list.value_offset_at(i);
+    Ok(values.values()[start..start + n].to_vec())
+}
+
+/// The rows of all batches, as (batch, row index) pairs.
+pub fn rows(batches: &[RecordBatch]) -> impl Iterator<Item = (&RecordBatch, usize)> {
+    batches.iter().flat_map(|b| (0..b.num_rows()).map(move |i| (b, i)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_schema_file_parses_and_builds() {
-        for s in all_schemas() {
+        for name in schema_names() {
+            let s = schema(name);
             let arrow = s.arrow(Some(4));
             s.check(&arrow).unwrap();
-            assert!(s.columns.iter().all(|c| !c.description.is_empty()), "{}", s.table);
+            assert!(s.columns.iter().all(|c| !c.description.is_empty()), "{name}");
         }
+        // A derived schema starts with its base's columns.
+        let (images, cloaked) = (schema("images"), schema("cloaked_images"));
+        assert_eq!(cloaked.columns.len(), images.columns.len() + 1);
+        assert!(images.columns.iter().zip(&cloaked.columns).all(|(a, b)| a.name == b.name));
+    }
+
+    #[test]
+    fn every_schema_file_is_registered() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
+        let mut files: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned()).collect();
+        files.sort();
+        let mut names: Vec<String> = schema_names().map(str::to_owned).collect();
+        names.sort();
+        assert_eq!(files, names);
     }
 
     #[test]
@@ -250,24 +248,5 @@ mod tests {
         let s = schema("metrics");
         let fields: Vec<Field> = s.arrow(None).fields().iter().map(|f| f.as_ref().clone().with_data_type(DataType::Utf8)).collect();
         assert!(s.check(&Schema::new(fields)).is_err());
-    }
-
-    #[test]
-    fn write_then_read_round_trips() {
-        let dir = std::env::temp_dir().join(format!("cloakbench-table-{}", std::process::id()));
-        let loc = Location::create(dir.to_str().unwrap()).unwrap();
-        let cols: Vec<Arc<dyn Array>> = vec![
-            Arc::new(arrow_array::StringArray::from(vec!["a"])),
-            Arc::new(arrow_array::StringArray::from(vec!["alice"])),
-            Arc::new(arrow_array::StringArray::from(vec!["train"])),
-            Arc::new(arrow_array::BooleanArray::from(vec![true])),
-        ];
-        let b = batch("splits", None, cols).unwrap();
-        write(&loc, "splits", b.schema(), std::slice::from_ref(&b)).unwrap();
-        let back = read(&loc, "splits").unwrap();
-        assert_eq!(back.len(), 1);
-        assert_eq!(back[0].columns(), b.columns());
-        schema("splits").check(&back[0].schema()).unwrap();
-        std::fs::remove_dir_all(dir).ok();
     }
 }

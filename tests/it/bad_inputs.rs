@@ -5,7 +5,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::{cloakbench, copy_dataset, python_check, scratch, shared};
+use crate::{cloakbench_exits, copy_dataset, python_check, scratch, shared, text};
 
 /// A PNG whose header claims 30000 x 30000 pixels (a decompression bomb's calling card).
 fn huge_png_header() -> Vec<u8> {
@@ -51,15 +51,18 @@ fn tree_digest(dir: &Path) -> String {
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(dir).unwrap().flat_map(|e| {
-        let p = e.unwrap().path();
-        if p.is_dir() { walk(&p) } else { vec![p] }
-    }).collect()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() { walk(&p) } else { vec![p] }
+        })
+        .collect()
 }
 
 #[test]
 fn every_bad_file_is_an_error_row_and_the_run_completes() {
-    let Some(fixture) = shared("datasets/fixture_facescrub12x10") else { return };
+    let fixture = shared("datasets/fixture_facescrub12x10");
     let dir = scratch("bad-inputs");
     let data = dir.join("data");
     copy_dataset(&fixture, &data);
@@ -74,7 +77,9 @@ fn every_bad_file_is_an_error_row_and_the_run_completes() {
 
     let root = dir.join("runs");
     let set = format!("ingest.dataset={}", data.display());
-    cloakbench(&["run", "pipelines/baseline.toml", "--quiet", "--set", &set, "--run-root", root.to_str().unwrap()], &[]);
+    // The run completes, and its exit code says that some pictures failed.
+    let out = cloakbench_exits(&["run", "pipelines/baseline.toml", "--quiet", "--set", &set, "--run-root", root.to_str().unwrap()], &[], 3);
+    assert!(text(&out.stderr).contains("ingest: 4 failed"), "{}", text(&out.stderr));
 
     let out = python_check("check_tables.py", &[root.join("baseline").to_str().unwrap(), "--expect-errors", "4"], &[]);
     let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();

@@ -4,7 +4,7 @@ use crate::{cloakbench, python_check, scratch, shared, text};
 
 #[test]
 fn baseline_runs_end_to_end_and_reruns_only_what_changed() {
-    let Some(dataset) = shared("datasets/fixture_facescrub12x10") else { return };
+    let dataset = shared("datasets/fixture_facescrub12x10");
     let runs = scratch("baseline");
     let (dataset, root) = (dataset.to_str().unwrap(), runs.to_str().unwrap());
     let set_dataset = format!("ingest.dataset={dataset}");
@@ -41,7 +41,7 @@ fn baseline_runs_end_to_end_and_reruns_only_what_changed() {
 
 #[test]
 fn a_manifest_names_the_pictures_and_their_identities() {
-    let Some(dataset) = shared("datasets/fixture_facescrub12x10") else { return };
+    let dataset = shared("datasets/fixture_facescrub12x10");
     let dir = scratch("manifest");
     let mut csv = String::from("path,identity\n");
     for (person, label) in [("Alec_Baldwin", "person_a"), ("Bill_Hader", "person_b")] {
@@ -61,7 +61,18 @@ fn a_manifest_names_the_pictures_and_their_identities() {
             assert!(std::process::Command::new(crate::python()).args(["-c", &code]).status().unwrap().success());
         }
         cloakbench(
-            &["run", pipeline.to_str().unwrap(), "--quiet", "--force", "--set", &set("dataset", &dataset), "--set", &set("manifest", &manifest), "--run-root", root.to_str().unwrap()],
+            &[
+                "run",
+                pipeline.to_str().unwrap(),
+                "--quiet",
+                "--force",
+                "--set",
+                &set("dataset", &dataset),
+                "--set",
+                &set("manifest", &manifest),
+                "--run-root",
+                root.to_str().unwrap(),
+            ],
             &[],
         );
         let code = format!(

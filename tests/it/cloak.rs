@@ -10,16 +10,13 @@ use crate::golden::golden_batch;
 
 /// Two golden dlib chips, the second placed at an offset in a larger canvas, with faces whose
 /// landmarks sit on dlib's template (so the dlib chip of each is the chip itself).
-pub fn targets() -> Option<Vec<engine::Target>> {
-    let (chips, _) = golden_batch("dlib_resnet29_150", "embeddings")?;
+pub fn targets() -> Vec<engine::Target> {
+    let (chips, _) = golden_batch("dlib_resnet29_150", "embeddings");
     let template = DLIB_MEAN_FACE.map(|[x, y]| [(0.25 + x) / 1.5 * 150.0, (0.25 + y) / 1.5 * 150.0]);
     let face = |dx: f64, dy: f64| FaceGeometry { bbox: [25.0 + dx, 20.0 + dy, 125.0 + dx, 135.0 + dy], landmarks: template.map(|[x, y]| [x + dx, y + dy]) };
     let big = Tensor::full([3, 190, 210], 128.0, (Kind::Float, Device::Cpu));
     big.narrow(1, 30, 150).narrow(2, 40, 150).copy_(&chips.get(2));
-    Some(vec![
-        engine::Target { pixels: chips.get(0), faces: vec![face(0.0, 0.0)] },
-        engine::Target { pixels: big, faces: vec![face(40.0, 30.0)] },
-    ])
+    vec![engine::Target { pixels: chips.get(0), faces: vec![face(0.0, 0.0)] }, engine::Target { pixels: big, faces: vec![face(40.0, 30.0)] }]
 }
 
 fn fawkes(mode: &str, steps: usize, seed: i64) -> engine::AttackConfig {
@@ -34,16 +31,16 @@ fn dlib() -> Box<dyn FaceModel> {
 
 fn chip_embedding(model: &dyn FaceModel, pixels: &Tensor, face: &FaceGeometry) -> Tensor {
     let chip = Alignment::DlibChip { size: 150, padding: 0.25 }.crop(&pixels.unsqueeze(0), face);
-    tch::no_grad(|| model.embed(&chip))
+    tch::no_grad(|| model.embed(&chip)).unwrap()
 }
 
 #[test]
 fn fawkes_respects_dssim_linf_and_pixel_range() {
-    let Some(targets) = targets() else { return };
+    let targets = targets();
     let model = dlib();
     let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
     let cfg = fawkes("high", 30, 0);
-    let out = engine::run(&cfg, &ensemble, None, &targets, Device::Cpu);
+    let out = engine::run(&cfg, &ensemble, None, &targets, Device::Cpu).unwrap();
     for (t, c) in targets.iter().zip(&out) {
         assert_eq!(c.pixels.size(), t.pixels.size());
         let linf = (&c.pixels - &t.pixels).abs().max().double_value(&[]);
@@ -51,7 +48,8 @@ fn fawkes_respects_dssim_linf_and_pixel_range() {
         assert!(c.pixels.min().double_value(&[]) >= 0.0 && c.pixels.max().double_value(&[]) <= 255.0);
         // Recompute DSSIM independently on the budget crop.
         let crop = Alignment::SquareBox { size: 112, margin: 30.0 };
-        let d = cloakbench::attack::ssim::dssim(&crop.crop(&c.pixels.unsqueeze(0), &t.faces[0]), &crop.crop(&t.pixels.unsqueeze(0), &t.faces[0]), 255.0).double_value(&[0]);
+        let d = cloakbench::attack::ssim::dssim(&crop.crop(&c.pixels.unsqueeze(0), &t.faces[0]), &crop.crop(&t.pixels.unsqueeze(0), &t.faces[0]), 255.0)
+            .double_value(&[0]);
         assert!(d <= 1.1 * 0.017 + 1e-6, "DSSIM {d} over 1.1 x threshold");
         assert!((d - c.dssim).abs() < 1e-4 && c.within_budget, "reported DSSIM {} vs {d}", c.dssim);
         assert!(linf > 1.0, "the cloak did nothing");
@@ -60,12 +58,12 @@ fn fawkes_respects_dssim_linf_and_pixel_range() {
 
 #[test]
 fn the_same_seed_gives_the_same_cloak() {
-    let Some(targets) = targets() else { return };
+    let targets = targets();
     let model = dlib();
     let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
-    let a = engine::run(&fawkes("low", 5, 7), &ensemble, None, &targets, Device::Cpu);
-    let b = engine::run(&fawkes("low", 5, 7), &ensemble, None, &targets, Device::Cpu);
-    let c = engine::run(&fawkes("low", 5, 8), &ensemble, None, &targets, Device::Cpu);
+    let a = engine::run(&fawkes("low", 5, 7), &ensemble, None, &targets, Device::Cpu).unwrap();
+    let b = engine::run(&fawkes("low", 5, 7), &ensemble, None, &targets, Device::Cpu).unwrap();
+    let c = engine::run(&fawkes("low", 5, 8), &ensemble, None, &targets, Device::Cpu).unwrap();
     for i in 0..2 {
         assert!(a[i].pixels.equal(&b[i].pixels), "picture {i}: same seed, different cloak");
     }
@@ -74,10 +72,10 @@ fn the_same_seed_gives_the_same_cloak() {
 
 #[test]
 fn a_cloak_moves_features_far_more_than_noise_of_the_same_size() {
-    let Some(targets) = targets() else { return };
+    let targets = targets();
     let model = dlib();
     let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
-    let out = engine::run(&fawkes("high", 30, 0), &ensemble, None, &targets, Device::Cpu);
+    let out = engine::run(&fawkes("high", 30, 0), &ensemble, None, &targets, Device::Cpu).unwrap();
     tch::manual_seed(3);
     for (t, c) in targets.iter().zip(&out) {
         let linf = (&c.pixels - &t.pixels).abs().max().double_value(&[]);
@@ -90,16 +88,21 @@ fn a_cloak_moves_features_far_more_than_noise_of_the_same_size() {
     }
 }
 
-/// A plain grey picture: no face in it.
-fn faceless_png() -> Vec<u8> {
-    let mut out = Vec::new();
-    image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128])).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
-    out
+/// An empty batch, or one whose pictures have no face, comes back as it went in.
+#[test]
+fn an_empty_or_faceless_batch_comes_back_unchanged() {
+    let model = dlib();
+    let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
+    assert!(engine::run(&fawkes("high", 2, 0), &ensemble, None, &[], Device::Cpu).unwrap().is_empty());
+    let faceless = vec![engine::Target { pixels: Tensor::full([3, 40, 30], 7.0, (Kind::Float, Device::Cpu)), faces: vec![] }];
+    let out = engine::run(&fawkes("high", 2, 0), &ensemble, None, &faceless, Device::Cpu).unwrap();
+    assert!(out[0].pixels.equal(&faceless[0].pixels) && out[0].within_budget);
+    assert!(engine::run(&fawkes("high", 2, 0), &[], None, &targets(), Device::Cpu).is_err(), "an empty ensemble is an error");
 }
 
 #[test]
 fn the_cloak_command_protects_a_folder_and_keeps_the_originals() {
-    let Some(fixture) = crate::shared("datasets/fixture_facescrub12x10") else { return };
+    let fixture = crate::shared("datasets/fixture_facescrub12x10");
     let dir = crate::scratch("cloak-command");
     let photo = std::fs::read_dir(fixture.join("Bill_Hader")).unwrap().next().unwrap().unwrap().path();
     let original = std::fs::read(&photo).unwrap();
@@ -122,14 +125,14 @@ fn the_cloak_command_protects_a_folder_and_keeps_the_originals() {
     assert_eq!(run(&["cloak", dir.to_str().unwrap(), "--quiet"]).status.code(), Some(3));
     let faceless = dir.join("faceless");
     std::fs::create_dir_all(&faceless).unwrap();
-    std::fs::write(faceless.join("wall.png"), faceless_png()).unwrap();
+    std::fs::write(faceless.join("wall.png"), crate::robustness::faceless_png()).unwrap();
     assert_eq!(run(&["cloak", faceless.to_str().unwrap(), "--quiet"]).status.code(), Some(2));
     std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn the_cloak_stage_swaps_only_the_protected_training_pictures() {
-    let Some(_) = crate::shared("datasets/fixture_facescrub12x10") else { return };
+    let _ = crate::shared("datasets/fixture_facescrub12x10");
     let root = crate::scratch("cloak-stage");
     crate::cloakbench(&["run", "pipelines/protect.toml", "--quiet", "--set", "cloak.steps=8", "--run-root", root.to_str().unwrap()], &[]);
     let code = format!(

@@ -1,16 +1,20 @@
 //! Integration tests, all against real parts: the real binary, real pretrained weights, real
 //! Parquet read back by Python Polars and Pandas, and a real S3 API server on 127.0.0.1.
 //!
-//! They read photos from `../shared/datasets` (never copied into the repository) and skip with
-//! a message naming the missing folder when it is absent.
+//! They read photos from `../shared/datasets` (never copied into the repository) and fail with
+//! a message naming the missing folder when it is absent: no test passes without running.
 
 mod bad_inputs;
-mod cloak;
-mod detect;
 mod baseline;
+mod cloak;
+mod data_plane;
+mod detect;
+mod fingerprints;
 mod golden;
 mod lpips;
+mod plan_errors;
 mod resume;
+mod robustness;
 mod s3;
 mod user_models;
 
@@ -21,15 +25,12 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared/<rel>`, or None (with a SKIPPED message) when it is absent.
-pub fn shared(rel: &str) -> Option<PathBuf> {
+/// `../shared/<rel>`. Tests never pass without their data: when it is absent the test fails
+/// with a message naming the folder (CI and `make test` run beside ../shared).
+pub fn shared(rel: &str) -> PathBuf {
     let path = repo().join("..").join("shared").join(rel);
-    if path.exists() {
-        Some(path.canonicalize().unwrap())
-    } else {
-        eprintln!("SKIPPED: {} not found (tests read datasets and golden files from ../shared)", path.display());
-        None
-    }
+    assert!(path.exists(), "{} not found: the tests read datasets and golden files from ../shared (next to the repository)", path.display());
+    path.canonicalize().unwrap()
 }
 
 /// The Python of the project's venv (made by `make setup`).
@@ -49,14 +50,14 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// Runs the cloakbench binary; panics with its output when it fails.
 pub fn cloakbench(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_cloakbench"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .current_dir(repo())
-        .output()
-        .expect("run cloakbench");
-    if !out.status.success() {
-        panic!("cloakbench {args:?} failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+    cloakbench_exits(args, envs, 0)
+}
+
+/// Runs the cloakbench binary; panics with its output unless it exits with `code`.
+pub fn cloakbench_exits(args: &[&str], envs: &[(&str, &str)], code: i32) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_cloakbench")).args(args).envs(envs.iter().copied()).current_dir(repo()).output().expect("run cloakbench");
+    if out.status.code() != Some(code) {
+        panic!("cloakbench {args:?} exited {:?}, expected {code}:\n{}\n{}", out.status.code(), text(&out.stdout), text(&out.stderr));
     }
     out
 }
@@ -67,12 +68,7 @@ pub fn text(bytes: &[u8]) -> String {
 
 /// Runs a script of tests/python with the venv's Python; panics with its output on failure.
 pub fn python_check(script: &str, args: &[&str], envs: &[(&str, &str)]) -> String {
-    let out = Command::new(python())
-        .arg(repo().join("tests/python").join(script))
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("run python");
+    let out = Command::new(python()).arg(repo().join("tests/python").join(script)).args(args).envs(envs.iter().copied()).output().expect("run python");
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{script} {args:?} failed:\n{all}");
     all

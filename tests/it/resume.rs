@@ -1,5 +1,5 @@
 //! An interrupted run resumes without redoing finished work: the embed stage is killed after
-//! a few of its parts are saved; the rerun reuses them and completes the table.
+//! a few of its chunks are saved; the rerun reuses them and completes the table.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -8,7 +8,7 @@ use crate::{cloakbench, python_check, repo, scratch, shared, text};
 
 #[test]
 fn a_killed_embed_stage_resumes_from_its_saved_parts() {
-    let Some(dataset) = shared("datasets/facescrub12") else { return };
+    let dataset = shared("datasets/facescrub12");
     let dir = scratch("resume");
     let root = dir.join("runs");
     let set_dataset = format!("ingest.dataset={}", dataset.display());
@@ -18,10 +18,12 @@ fn a_killed_embed_stage_resumes_from_its_saved_parts() {
     let work = root.join("baseline/_work");
     let started = Instant::now();
     let saved_parts = || -> usize {
-        std::fs::read_dir(&work).into_iter().flatten().flatten().map(|d| std::fs::read_dir(d.path()).map_or(0, |f| f.count())).sum()
+        let embed_work = std::fs::read_dir(&work).into_iter().flatten().flatten().filter(|d| d.file_name().to_string_lossy().starts_with("embed-"));
+        let files = embed_work.flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten());
+        files.filter(|f| f.file_name().to_string_lossy().starts_with("chunk-")).count()
     };
     while saved_parts() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(300), "no embed part was saved");
+        assert!(started.elapsed() < Duration::from_secs(300), "no embed chunk was saved");
         assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -44,7 +46,7 @@ fn a_killed_embed_stage_resumes_from_its_saved_parts() {
 /// that was never interrupted (same seed, same bytes).
 #[test]
 fn a_killed_cloak_stage_resumes_and_gives_the_same_pictures() {
-    let Some(dataset) = shared("datasets/fixture_facescrub12x10") else { return };
+    let dataset = shared("datasets/fixture_facescrub12x10");
     let dir = scratch("cloak-resume");
     let spec = dir.join("cloak_only.toml");
     std::fs::write(
@@ -60,15 +62,23 @@ fn a_killed_cloak_stage_resumes_and_gives_the_same_pictures() {
     let run_args = |root: &std::path::Path| vec!["run".to_owned(), spec.display().to_string(), "--run-root".into(), root.display().to_string()];
     let (interrupted, straight) = (dir.join("interrupted"), dir.join("straight"));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cloakbench")).args(run_args(&interrupted)).current_dir(repo()).stderr(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloakbench"))
+        .args(run_args(&interrupted))
+        .current_dir(repo())
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let work = interrupted.join("cloak_only/_work");
+    // A chunk is finished once its marker is written (after its parts).
     let cloak_parts = || -> usize {
         std::fs::read_dir(&work)
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|d| d.file_name().to_string_lossy().starts_with("cloak-"))
             .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
-            .filter(|f| f.file_name().to_string_lossy().starts_with("cloaks-part-"))
+            .filter(|f| f.file_name().to_string_lossy().starts_with("chunk-"))
             .count()
     };
     let started = Instant::now();

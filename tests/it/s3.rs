@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::{cloakbench, python, python_check, repo, scratch, shared, text};
 
-const KEY_ID: &str = "AKIACLOAKBENCHTEST01";
-const SECRET: &str = "s3cr3t-never-to-be-printed-7f3a9c";
+pub const KEY_ID: &str = "AKIACLOAKBENCHTEST01";
+pub const SECRET: &str = "s3cr3t-never-to-be-printed-7f3a9c";
 
-struct Server(Child);
+pub struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -20,7 +20,7 @@ impl Drop for Server {
     }
 }
 
-fn start_moto() -> (Server, String) {
+pub fn start_moto() -> (Server, String) {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let moto = python().parent().unwrap().join("moto_server");
     let child = Command::new(moto)
@@ -40,20 +40,12 @@ fn start_moto() -> (Server, String) {
 
 #[test]
 fn baseline_reads_and_writes_s3() {
-    let Some(fixture) = shared("datasets/fixture_facescrub12x10") else { return };
+    let fixture = shared("datasets/fixture_facescrub12x10");
     let (_server, endpoint) = start_moto();
-    let env = [
-        ("AWS_ACCESS_KEY_ID", KEY_ID),
-        ("AWS_SECRET_ACCESS_KEY", SECRET),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-    ];
+    let env = [("AWS_ACCESS_KEY_ID", KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET), ("AWS_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", endpoint.as_str())];
     python_check("s3_helper.py", &["upload", &endpoint, "faces", "fixture", fixture.to_str().unwrap()], &env);
 
-    let out = cloakbench(
-        &["run", "pipelines/baseline.toml", "--set", "ingest.dataset=s3://faces/fixture", "--run-root", "s3://faces/runs"],
-        &env,
-    );
+    let out = cloakbench(&["run", "pipelines/baseline.toml", "--set", "ingest.dataset=s3://faces/fixture", "--run-root", "s3://faces/runs"], &env);
     let printed = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(printed.contains("linear_probe on dlib_resnet29_150"), "{printed}");
     assert!(!printed.contains(SECRET) && !printed.contains(KEY_ID), "credentials leaked into output");

@@ -4,7 +4,7 @@ use crate::{cloakbench, python_check, scratch, shared, text};
 
 #[test]
 fn a_torchscript_model_with_a_card_is_listed_and_embeds() {
-    let Some(dataset) = shared("datasets/fixture_facescrub12x10") else { return };
+    let dataset = shared("datasets/fixture_facescrub12x10");
     let dir = scratch("user-model");
     let models = dir.join("models");
     python_check("make_torchscript_model.py", &[models.to_str().unwrap()], &[]);
@@ -24,7 +24,11 @@ fn a_torchscript_model_with_a_card_is_listed_and_embeds() {
     assert!(summary.contains("linear_probe/tiny_user_net"), "{summary}");
 
     // A card whose output_dim disagrees with the module is refused with the reason.
-    std::fs::write(models.join("tiny_user_net.toml"), std::fs::read_to_string(models.join("tiny_user_net.toml")).unwrap().replace("output_dim = 32", "output_dim = 64")).unwrap();
+    std::fs::write(
+        models.join("tiny_user_net.toml"),
+        std::fs::read_to_string(models.join("tiny_user_net.toml")).unwrap().replace("output_dim = 32", "output_dim = 64"),
+    )
+    .unwrap();
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_cloakbench"))
         .args(["run", "pipelines/baseline.toml", "--force", "--set", &set, "--set", "embed.model=tiny_user_net", "--run-root", root.to_str().unwrap()])
         .envs(env)

@@ -2,8 +2,10 @@
 
 Usage: check_tables.py RUN_DIR [--expect-errors N]
 
-Checks, for every table present: the exact column names and order, each column's type, no
-nulls in non-nullable columns, and that Pandas (pyarrow engine) sees the same rows. Then checks
+Checks every Parquet file of the run against the schema its `cloakbench.table` metadata names
+(so renamed and fanned-out tables are covered too; a file naming no schema is an error): the
+exact column names and order, each column's type, no nulls in non-nullable columns, and that
+Pandas (pyarrow engine) sees the same rows. Then checks
 the invariants that tie the tables together (ids unique, the split disjoint, one embedding per
 decodable picture). Prints a JSON summary on stdout: row counts, overall accuracy per
 (classifier, model), and the error reason of every refused file.
@@ -16,6 +18,7 @@ import tomllib
 
 import pandas as pd
 import polars as pl
+import pyarrow.parquet as pq
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POLARS_TYPES = {
@@ -39,20 +42,35 @@ def check_schema(name, df, schema):
             assert df[col["name"]].null_count() == 0, f"{name}.{col['name']}: nulls in a non-null column"
 
 
+def load_schemas():
+    """Every schema of schemas/, with the columns of the one it is based on first."""
+    raw = {s["table"]: s for s in (tomllib.loads(p.read_text()) for p in sorted((REPO / "schemas").glob("*.toml")))}
+    for s in raw.values():
+        base = raw[s["based_on"]]["columns"] if "based_on" in s else []
+        s["all_columns"] = base + s["columns"]
+    return raw
+
+
 def main():
     run = pathlib.Path(sys.argv[1])
     expect_errors = int(sys.argv[sys.argv.index("--expect-errors") + 1]) if "--expect-errors" in sys.argv else None
-    tables = {}
-    for path in sorted((REPO / "schemas").glob("*.toml")):
-        schema = tomllib.loads(path.read_text())
-        file = run / f"{schema['table']}.parquet"
-        if not file.exists():
-            continue
+    schemas = load_schemas()
+    # Every table of the run, whatever its name (embeddings-<model>, scraped_faces, ...), is
+    # checked against the schema its file names; files keep their own name in `files`.
+    tables, files, embeddings = {}, {}, []
+    for file in sorted(run.glob("*.parquet")):
+        meta = pq.read_schema(file).metadata or {}
+        name = meta.get(b"cloakbench.table", b"").decode()
+        assert name in schemas, f"{file}: names no documented schema (cloakbench.table = {name!r})"
         df = pl.read_parquet(file)
-        check_schema(schema["table"], df, schema)
+        check_schema(file.stem, df, {"columns": schemas[name]["all_columns"]})
         pdf = pd.read_parquet(file)
         assert list(pdf.columns) == df.columns and len(pdf) == len(df), f"{file}: pandas disagrees"
-        tables[schema["table"]] = df
+        files[file.stem] = df
+        if file.stem == name:
+            tables[name] = df
+        if name == "embeddings":
+            embeddings.append(df)
     assert "images" in tables, f"no images table in {run}"
     images = tables["images"]
     assert images["image_id"].n_unique() == len(images), "duplicate image ids"
@@ -63,6 +81,10 @@ def main():
     if expect_errors is not None:
         assert len(bad) == expect_errors, f"{len(bad)} error rows, expected {expect_errors}: {bad.select('rel_path', 'error').rows()}"
 
+    for name, df in files.items():
+        if name in ("cloaked_images", "reencoded_images") or name.startswith(("cloaked_images-", "reencoded_images-")):
+            assert df["image_id"].sort().to_list() == images["image_id"].sort().to_list(), f"{name}: not the same pictures as images"
+            assert set(df["original_uri"]) <= set(images["uri"]), f"{name}: original_uri outside the dataset"
     if "faces" in tables:
         faces = tables["faces"]
         assert set(faces["image_id"]) == set(ok["image_id"]), "faces does not account for exactly the decodable pictures"
@@ -71,15 +93,18 @@ def main():
         assert faces.filter(pl.col("status") != "face")["image_id"].n_unique() == len(faces.filter(pl.col("status") != "face"))
         assert faces.filter(pl.col("status") == "face").select("image_id", "face_index").is_unique().all()
     if "splits" not in tables:
-        print(json.dumps({"rows": {k: len(v) for k, v in tables.items()}, "errors": dict(bad.select("rel_path", "error").rows())}))
+        print(json.dumps({"rows": {k: len(v) for k, v in files.items()}, "errors": dict(bad.select("rel_path", "error").rows())}))
         return
-    splits, emb = tables["splits"], tables["embeddings"]
+    splits = tables["splits"]
+    if not embeddings or "predictions" not in tables:
+        print(json.dumps({"rows": {k: len(v) for k, v in files.items()}, "errors": dict(bad.select("rel_path", "error").rows())}))
+        return
     assert splits["image_id"].n_unique() == len(splits), "a picture is in the split twice"
     assert set(splits["image_id"]) == set(ok["image_id"]), "split does not cover exactly the decodable pictures"
     per_identity = splits.group_by("identity").agg(pl.col("split").n_unique().alias("sides"))
     assert per_identity["sides"].min() == 2, "an identity lacks a train or a test picture"
 
-    for model, group in emb.group_by("model"):
+    for model, group in (g for emb in embeddings for g in emb.group_by("model")):
         assert set(group["image_id"]) == set(ok["image_id"]), f"{model}: embeddings do not cover the decodable pictures"
         values = group["embedding"].to_numpy()
         assert all(math.isfinite(v) for v in values.ravel()), f"{model}: non-finite embedding values"
@@ -91,7 +116,7 @@ def main():
     overall = metrics.filter(pl.col("identity").is_null())
     assert ((metrics["accuracy"] >= 0) & (metrics["accuracy"] <= 1)).all()
     print(json.dumps({
-        "rows": {k: len(v) for k, v in tables.items()},
+        "rows": {k: len(v) for k, v in files.items()},
         "accuracy": {f"{r['classifier']}/{r['model']}": r["accuracy"] for r in overall.iter_rows(named=True)},
         "errors": dict(bad.select("rel_path", "error").rows()),
         "uris": images["uri"].head(3).to_list(),

@@ -1,7 +1,9 @@
 """Exports a small face model to TorchScript with its card, as the README tells users to.
 
-Usage: make_torchscript_model.py MODELS_DIR
-Writes MODELS_DIR/tiny_user_net.pt and MODELS_DIR/tiny_user_net.toml.
+Usage: make_torchscript_model.py MODELS_DIR [SEED]
+Writes MODELS_DIR/tiny_user_net.pt and MODELS_DIR/tiny_user_net.toml, and two broken models a
+user could bring: tiny_fails_net, whose forward refuses batches of more than one picture, and
+tiny_wide_net, whose card asks for a non-square input with a square alignment.
 """
 import pathlib
 import sys
@@ -14,13 +16,26 @@ class TinyNet(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        torch.manual_seed(0)
+        torch.manual_seed(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
         self.features = torch.nn.Sequential(
             torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten())
         self.head = torch.nn.Linear(8 * 16, 32)
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+class OneAtATime(torch.nn.Module):
+    """A model whose forward fails on a batch: it passed the one-picture probe at load time."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels):
+        if pixels.shape[0] > 1:
+            raise RuntimeError("this model takes one picture at a time")
+        return self.net((pixels - 127.5) / 128.0)
 
 
 class Wrapped(torch.nn.Module):
@@ -46,4 +61,21 @@ output_dim = 32
 alignment = "arcface"
 architecture = "a tiny test network"
 licence = "MIT"
+""")
+torch.jit.script(OneAtATime(TinyNet()).eval()).save(str(out / "tiny_fails_net.pt"))
+(out / "tiny_fails_net.toml").write_text("""\
+id = "tiny_fails_net"
+format = "torchscript"
+weights = "tiny_fails_net.pt"
+input_size = [112, 112]
+output_dim = 32
+alignment = "arcface"
+""")
+(out / "tiny_wide_net.toml").write_text("""\
+id = "tiny_wide_net"
+format = "torchscript"
+weights = "tiny_user_net.pt"
+input_size = [112, 96]
+output_dim = 32
+alignment = "arcface"
 """)

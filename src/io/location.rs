@@ -1,0 +1,578 @@
+//! A folder-like place: a local directory (read with `std::fs`) or an S3 bucket prefix (through
+//! `object_store`), addressed by `/`-separated keys.
+//!
+//! Keys are used exactly as written: a picture called `hash#1.jpg`, `percent%41.jpg` or
+//! `ünïcødé_名前.jpg` is read under that very name, locally and on S3. A key may not climb out
+//! of its location (`..`), so nothing is ever read or written outside the folder or prefix.
+//!
+//! [`Location::walk`] accounts for every entry below a location: regular files are
+//! [`Listed::File`], and everything that cannot be read as a file (a name that is not UTF-8, a
+//! dangling symlink, a symlink loop, a directory cycle, a FIFO or socket, a folder that cannot
+//! be listed) is a [`Listed::Odd`] with the reason, so one odd entry never costs the rest.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use super::block_on;
+
+/// A local folder or an S3 prefix.
+#[derive(Clone)]
+pub struct Location {
+    backend: Backend,
+    url: String,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Local(PathBuf),
+    /// `prefix` has no leading or trailing `/` and may be empty (the bucket's root).
+    S3 {
+        store: Arc<AmazonS3>,
+        prefix: String,
+    },
+}
+
+/// A regular file found by [`Location::walk`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Key relative to the location.
+    pub key: String,
+    pub size: u64,
+    /// What changes when the content does: the modification time (local) or the ETag (S3).
+    pub version: String,
+}
+
+/// One entry below a location: a file, or something that cannot be read as one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listed {
+    File(Entry),
+    /// `key` is the entry's name with any bytes that are not UTF-8 written as `\xNN`.
+    Odd {
+        key: String,
+        reason: String,
+    },
+}
+
+impl Listed {
+    pub fn key(&self) -> &str {
+        match self {
+            Listed::File(e) => &e.key,
+            Listed::Odd { key, .. } => key,
+        }
+    }
+}
+
+/// Where a streamed write goes before it is published (see [`Location::sink`]).
+pub enum Sink {
+    /// A local staging file, renamed onto `dest` by [`StagedFile::publish`].
+    File(StagedFile),
+    /// An S3 multipart upload, published when it is shut down.
+    Object(object_store::buffered::BufWriter),
+}
+
+/// A file written under a staging name next to its destination.
+pub struct StagedFile {
+    pub file: fs::File,
+    staging: PathBuf,
+    dest: PathBuf,
+}
+
+impl StagedFile {
+    /// Makes the file appear under its name, whole.
+    pub fn publish(self) -> Result<()> {
+        self.file.sync_all().ok();
+        fs::rename(&self.staging, &self.dest).with_context(|| format!("{}: cannot write", self.dest.display()))
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        // A staging file that was never published is removed (after a rename this is a no-op).
+        let _ = fs::remove_file(&self.staging);
+    }
+}
+
+impl Location {
+    /// Opens an existing location for reading.
+    pub fn open(url: &str) -> Result<Location> {
+        Self::connect(url, false)
+    }
+
+    /// Opens a location for writing, creating the local folder if needed.
+    pub fn create(url: &str) -> Result<Location> {
+        Self::connect(url, true)
+    }
+
+    fn connect(url: &str, create: bool) -> Result<Location> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                bail!("{url}: an S3 URL needs a bucket, as in s3://bucket/prefix");
+            }
+            let store = s3_store(bucket).with_context(|| format!("{url}: cannot configure S3"))?;
+            let prefix = prefix.trim_matches('/').to_owned();
+            let url = format!("s3://{bucket}/{prefix}");
+            return Ok(Location { backend: Backend::S3 { store: Arc::new(store), prefix }, url });
+        }
+        if url.contains("://") {
+            bail!("{url}: unsupported URL scheme (use a local path or s3://bucket/prefix)");
+        }
+        let path = PathBuf::from(url);
+        if create {
+            fs::create_dir_all(&path).with_context(|| format!("{url}: cannot create folder"))?;
+        } else if !path.is_dir() {
+            bail!("{url}: no such folder");
+        }
+        let root = path.canonicalize().with_context(|| format!("{url}: cannot resolve path"))?;
+        let url = root.to_str().with_context(|| format!("{url}: the folder's path is not UTF-8"))?.to_owned();
+        Ok(Location { backend: Backend::Local(root), url })
+    }
+
+    /// Whether `url` names an S3 location.
+    pub fn is_s3_url(url: &str) -> bool {
+        url.starts_with("s3://")
+    }
+
+    /// The location's URL (a canonical local path or `s3://bucket/prefix`), for messages and tables.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL of `key` inside this location.
+    pub fn url_of(&self, key: &str) -> String {
+        format!("{}/{}", self.url.trim_end_matches('/'), key)
+    }
+
+    /// A location for the sub-folder `key` (created on first write).
+    pub fn child(&self, key: &str) -> Location {
+        let key = key.trim_matches('/');
+        let backend = match &self.backend {
+            Backend::Local(dir) => Backend::Local(dir.join(key)),
+            Backend::S3 { store, prefix } => Backend::S3 { store: store.clone(), prefix: join_key(prefix, key) },
+        };
+        Location { backend, url: self.url_of(key) }
+    }
+
+    /// Every entry below this location, recursively, sorted by key; odd entries included.
+    pub fn walk(&self) -> Result<Vec<Listed>> {
+        let mut out = match &self.backend {
+            Backend::Local(dir) => {
+                let mut out = Vec::new();
+                let root = fs::metadata(dir).with_context(|| format!("{}: cannot list", self.url))?;
+                walk_local(dir, "", &mut vec![(root.dev(), root.ino())], &mut out);
+                out
+            }
+            Backend::S3 { store, prefix } => {
+                let listing =
+                    (!prefix.is_empty()).then(|| ObjectPath::parse(prefix)).transpose().with_context(|| format!("{}: not a valid S3 prefix", self.url))?;
+                let metas: Vec<_> = block_on(store.list(listing.as_ref()).try_collect::<Vec<_>>()).with_context(|| format!("{}: cannot list", self.url))?;
+                let skip = if prefix.is_empty() { 0 } else { prefix.len() + 1 };
+                metas
+                    .into_iter()
+                    .filter(|m| !m.location.as_ref().ends_with('/'))
+                    .map(|m| {
+                        let version = m.e_tag.clone().unwrap_or_else(|| m.last_modified.to_rfc3339());
+                        Listed::File(Entry { key: m.location.as_ref()[skip..].to_owned(), size: m.size, version })
+                    })
+                    .collect()
+            }
+        };
+        out.sort_by(|a, b| a.key().cmp(b.key()));
+        Ok(out)
+    }
+
+    /// Every regular file below this location, recursively, sorted by key (odd entries left out).
+    pub fn files(&self) -> Result<Vec<Entry>> {
+        Ok(self
+            .walk()?
+            .into_iter()
+            .filter_map(|l| match l {
+                Listed::File(e) => Some(e),
+                Listed::Odd { .. } => None,
+            })
+            .collect())
+    }
+
+    /// Reads a whole object.
+    pub fn get(&self, key: &str) -> Result<Bytes> {
+        self.get_within(key, u64::MAX)
+    }
+
+    /// Reads a whole object, refusing one larger than `max_bytes` before reading it.
+    pub fn get_within(&self, key: &str, max_bytes: u64) -> Result<Bytes> {
+        block_on(self.get_within_async(key, max_bytes))
+    }
+
+    /// [`Location::get_within`], async, for concurrent fetches.
+    pub async fn get_within_async(&self, key: &str, max_bytes: u64) -> Result<Bytes> {
+        let url = self.url_of(key);
+        let too_large = |size: u64| anyhow!("{url}: file is {size} bytes, over the limit of {max_bytes} bytes");
+        match &self.backend {
+            Backend::Local(_) => {
+                let path = self.local_path(key)?;
+                let meta = fs::metadata(&path).with_context(|| format!("{url}: cannot read"))?;
+                if !meta.is_file() {
+                    // Opening a FIFO would block until someone writes to it.
+                    bail!("{url}: cannot read: not a regular file ({})", file_kind(&meta.file_type()));
+                }
+                if meta.len() > max_bytes {
+                    return Err(too_large(meta.len()));
+                }
+                Ok(Bytes::from(fs::read(&path).with_context(|| format!("{url}: cannot read"))?))
+            }
+            Backend::S3 { store, .. } => {
+                let path = self.object_path(key)?;
+                let result = store.get(&path).await.with_context(|| format!("{url}: cannot read"))?;
+                if result.meta.size > max_bytes {
+                    return Err(too_large(result.meta.size));
+                }
+                result.bytes().await.with_context(|| format!("{url}: cannot read"))
+            }
+        }
+    }
+
+    /// Writes a whole object atomically (no reader ever sees it half-written).
+    pub fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        match self.put_mode(key, data, false)? {
+            true => Ok(()),
+            false => unreachable!("an overwriting put always writes"),
+        }
+    }
+
+    /// Writes a whole object atomically unless `key` already exists; returns whether it wrote.
+    pub fn put_new(&self, key: &str, data: Bytes) -> Result<bool> {
+        self.put_mode(key, data, true)
+    }
+
+    fn put_mode(&self, key: &str, data: Bytes, create_only: bool) -> Result<bool> {
+        let url = self.url_of(key);
+        match &self.backend {
+            Backend::Local(_) => {
+                let mut staged = self.staged_file(key)?;
+                std::io::Write::write_all(&mut staged.file, &data).with_context(|| format!("{url}: cannot write"))?;
+                if !create_only {
+                    staged.publish()?;
+                    return Ok(true);
+                }
+                // A hard link fails when the name exists: only one writer can create it.
+                staged.file.sync_all().ok();
+                match fs::hard_link(&staged.staging, &staged.dest) {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(e).with_context(|| format!("{url}: cannot write")),
+                }
+            }
+            Backend::S3 { store, .. } => {
+                let path = self.object_path(key)?;
+                let opts = PutOptions { mode: if create_only { PutMode::Create } else { PutMode::Overwrite }, ..Default::default() };
+                match block_on(store.put_opts(&path, PutPayload::from(data), opts)) {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::AlreadyExists { .. }) if create_only => Ok(false),
+                    Err(e) => Err(e).with_context(|| format!("{url}: cannot write")),
+                }
+            }
+        }
+    }
+
+    /// Whether `key` exists.
+    pub fn exists(&self, key: &str) -> Result<bool> {
+        match &self.backend {
+            Backend::Local(_) => Ok(self.local_path(key)?.exists()),
+            Backend::S3 { store, .. } => match block_on(store.head(&self.object_path(key)?)) {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e).with_context(|| format!("{}: cannot check", self.url_of(key))),
+            },
+        }
+    }
+
+    /// Deletes `key` if present.
+    pub fn delete(&self, key: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Local(_) => match fs::remove_file(self.local_path(key)?) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("{}: cannot delete", self.url_of(key))),
+            },
+            Backend::S3 { store, .. } => match block_on(store.delete(&self.object_path(key)?)) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("{}: cannot delete", self.url_of(key))),
+            },
+        }
+    }
+
+    /// Deletes every object below this location (and, locally, the emptied folders).
+    pub fn delete_all(&self) -> Result<()> {
+        for entry in self.files()? {
+            self.delete(&entry.key)?;
+        }
+        if let Backend::Local(dir) = &self.backend {
+            let _ = fs::remove_dir_all(dir);
+        }
+        Ok(())
+    }
+
+    /// Removes this location's local folder if it is empty (an S3 prefix holds no folders).
+    pub fn remove_if_empty(&self) {
+        if let Backend::Local(dir) = &self.backend {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
+    /// A streaming writer for `key` whose content appears only once it is published.
+    pub fn sink(&self, key: &str) -> Result<Sink> {
+        match &self.backend {
+            Backend::Local(_) => Ok(Sink::File(self.staged_file(key)?)),
+            Backend::S3 { store, .. } => {
+                let store: Arc<dyn ObjectStore> = store.clone();
+                Ok(Sink::Object(object_store::buffered::BufWriter::new(store, self.object_path(key)?)))
+            }
+        }
+    }
+
+    fn staged_file(&self, key: &str) -> Result<StagedFile> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dest = self.local_path(key)?;
+        let dir = dest.parent().expect("a key names a file inside the location");
+        fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        let name = dest.file_name().expect("a key has a file name").to_string_lossy();
+        let staging = dir.join(format!(".{name}.staging-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let file = fs::File::create(&staging).with_context(|| format!("{}: cannot write", staging.display()))?;
+        Ok(StagedFile { file, staging, dest })
+    }
+
+    /// The local file of `key`; refuses keys that would leave the folder.
+    fn local_path(&self, key: &str) -> Result<PathBuf> {
+        let Backend::Local(dir) = &self.backend else { unreachable!("local_path on an S3 location") };
+        check_key(key).with_context(|| format!("{}: bad key {key:?}", self.url))?;
+        Ok(dir.join(key))
+    }
+
+    /// The S3 object of `key`, with the key's characters kept exactly as they are (building it
+    /// from parts would percent-encode `#`, `%`, `?` and `[`, and name another object).
+    fn object_path(&self, key: &str) -> Result<ObjectPath> {
+        let Backend::S3 { prefix, .. } = &self.backend else { unreachable!("object_path on a local location") };
+        check_key(key).with_context(|| format!("{}: bad key {key:?}", self.url))?;
+        ObjectPath::parse(join_key(prefix, key)).with_context(|| format!("{}: not a valid S3 key", self.url_of(key)))
+    }
+}
+
+fn join_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() { key.to_owned() } else { format!("{prefix}/{key}") }
+}
+
+/// A key is `/`-separated names, none empty, `.` or `..`.
+fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.starts_with('/') {
+        bail!("a key is a relative path");
+    }
+    if key.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+        bail!("a key may not contain empty, `.` or `..` parts");
+    }
+    if key.contains('\0') {
+        bail!("a key may not contain NUL");
+    }
+    Ok(())
+}
+
+/// Lists `dir` (whose key is `rel`) into `out`; `ancestors` are the (device, inode) pairs of the
+/// folders on the way down, so a symlink back to one of them is a cycle, not an endless walk.
+fn walk_local(dir: &Path, rel: &str, ancestors: &mut Vec<(u64, u64)>, out: &mut Vec<Listed>) {
+    let odd = |key: String, reason: String| Listed::Odd { key, reason };
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return out.push(odd(rel.to_owned(), format!("cannot list folder: {e}"))),
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                out.push(odd(rel.to_owned(), format!("cannot list folder: {e}")));
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        let shown = escape_name(name.as_bytes());
+        let key = if rel.is_empty() { shown.clone() } else { format!("{rel}/{shown}") };
+        if name.to_str().is_none() {
+            out.push(odd(key, "the name is not valid UTF-8: rename the file (its key shows the bad bytes as \\xNN)".into()));
+            continue;
+        }
+        let path = entry.path();
+        let meta = match fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let reason = match fs::read_link(&path) {
+                    Ok(target) if e.raw_os_error() == Some(libc::ELOOP) => format!("symlink loop (points to {})", target.display()),
+                    Ok(target) if e.kind() == std::io::ErrorKind::NotFound => {
+                        format!("dangling symlink (points to {}, which does not exist)", target.display())
+                    }
+                    _ => format!("cannot read: {e}"),
+                };
+                out.push(odd(key, reason));
+                continue;
+            }
+        };
+        if meta.is_dir() {
+            if ancestors.contains(&(meta.dev(), meta.ino())) {
+                let target = fs::read_link(&path).map(|t| t.display().to_string()).unwrap_or_default();
+                out.push(odd(key, format!("directory cycle: a symlink ({target}) back to a folder that contains it")));
+                continue;
+            }
+            ancestors.push((meta.dev(), meta.ino()));
+            walk_local(&path, &key, ancestors, out);
+            ancestors.pop();
+        } else if meta.is_file() {
+            let mtime = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+            out.push(Listed::File(Entry { key, size: meta.len(), version: format!("mtime {mtime} inode {}", meta.ino()) }));
+        } else {
+            out.push(odd(key, format!("not a regular file ({})", file_kind(&meta.file_type()))));
+        }
+    }
+}
+
+fn file_kind(t: &fs::FileType) -> &'static str {
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else if t.is_dir() {
+        "a folder"
+    } else {
+        "not a file"
+    }
+}
+
+/// A file name as text: valid UTF-8 as it is, every other byte as `\xNN`.
+fn escape_name(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An S3 client configured from the standard `AWS_*` variables. A plain-http endpoint (a local
+/// S3-compatible server) is allowed only when the endpoint URL itself says `http://`.
+fn s3_store(bucket: &str) -> Result<AmazonS3> {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL"));
+    if let Ok(endpoint) = endpoint {
+        builder = builder.with_endpoint(&endpoint).with_allow_http(endpoint.starts_with("http://"));
+    }
+    if std::env::var("AWS_REGION").is_err()
+        && let Ok(region) = std::env::var("AWS_DEFAULT_REGION")
+    {
+        builder = builder.with_region(region);
+    }
+    Ok(builder.build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cloakbench-location-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn names_with_special_characters_read_back_under_their_own_name() {
+        let dir = scratch("names");
+        let names = ["Renée_Zoë/hash#1.jpg", "Renée_Zoë/percent%41.jpg", "a/brackets[1].jpg", "a/question?.jpg", "a/ünïcødé_名前.jpg", "a/with space.jpg"];
+        for (i, n) in names.iter().enumerate() {
+            fs::create_dir_all(dir.join(n).parent().unwrap()).unwrap();
+            fs::write(dir.join(n), vec![i as u8; i + 1]).unwrap();
+        }
+        let loc = Location::open(dir.to_str().unwrap()).unwrap();
+        let files = loc.files().unwrap();
+        assert_eq!(files.len(), names.len());
+        for e in files {
+            let i = names.iter().position(|n| *n == e.key).unwrap_or_else(|| panic!("listed {:?}", e.key));
+            assert_eq!(loc.get(&e.key).unwrap().as_ref(), vec![i as u8; i + 1].as_slice(), "{}", e.key);
+        }
+        fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn odd_entries_are_listed_with_a_reason_and_the_rest_is_kept() {
+        let dir = scratch("odd");
+        fs::create_dir_all(dir.join("p")).unwrap();
+        fs::write(dir.join("p/good.jpg"), b"x").unwrap();
+        std::os::unix::fs::symlink("loop", dir.join("p/loop")).unwrap();
+        std::os::unix::fs::symlink("nowhere.jpg", dir.join("p/dangling.jpg")).unwrap();
+        std::os::unix::fs::symlink("..", dir.join("p/up")).unwrap();
+        fs::write(dir.join(std::ffi::OsStr::from_bytes(b"p/bad\xff.jpg")), b"y").unwrap();
+        let fifo = std::ffi::CString::new(dir.join("p/fifo.jpg").as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let listed = Location::open(dir.to_str().unwrap()).unwrap().walk().unwrap();
+        let reason = |key: &str| match listed.iter().find(|l| l.key() == key) {
+            Some(Listed::Odd { reason, .. }) => reason.clone(),
+            other => panic!("{key}: {other:?} in {listed:?}"),
+        };
+        assert!(reason("p/loop").contains("symlink loop"));
+        assert!(reason("p/dangling.jpg").contains("dangling"));
+        assert!(reason("p/up").contains("directory cycle"));
+        assert!(reason("p/bad\\xFF.jpg").contains("not valid UTF-8"));
+        assert!(reason("p/fifo.jpg").contains("FIFO"));
+        assert!(listed.iter().any(|l| matches!(l, Listed::File(e) if e.key == "p/good.jpg")));
+        assert_eq!(listed.len(), 6, "{listed:?}");
+        let loc = Location::open(dir.to_str().unwrap()).unwrap();
+        assert!(format!("{:#}", loc.get("p/fifo.jpg").unwrap_err()).contains("not a regular file"), "a FIFO must not be opened");
+        fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn keys_cannot_leave_the_location() {
+        let dir = scratch("escape");
+        let loc = Location::open(dir.to_str().unwrap()).unwrap();
+        for key in ["../x", "a/../../x", "/etc/passwd", "", "a//b"] {
+            assert!(loc.get(key).is_err(), "{key:?} was accepted");
+            assert!(loc.put(key, Bytes::from_static(b"x")).is_err(), "{key:?} was written");
+        }
+        fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_create_only_put_writes_once_and_a_staging_file_never_shows() {
+        let dir = scratch("put-new");
+        let loc = Location::open(dir.to_str().unwrap()).unwrap();
+        assert!(loc.put_new("m/marker.json", Bytes::from_static(b"1")).unwrap());
+        assert!(!loc.put_new("m/marker.json", Bytes::from_static(b"2")).unwrap());
+        assert_eq!(loc.get("m/marker.json").unwrap().as_ref(), b"1");
+        loc.put("m/marker.json", Bytes::from_static(b"3")).unwrap();
+        assert_eq!(loc.get("m/marker.json").unwrap().as_ref(), b"3");
+        let left: Vec<_> = fs::read_dir(dir.join("m")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 1, "staging files left: {left:?}");
+        fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_file_over_the_byte_limit_is_refused_before_it_is_read() {
+        let dir = scratch("limit");
+        fs::write(dir.join("big.jpg"), vec![0u8; 100]).unwrap();
+        let loc = Location::open(dir.to_str().unwrap()).unwrap();
+        let err = format!("{:#}", loc.get_within("big.jpg", 10).unwrap_err());
+        assert!(err.contains("100 bytes, over the limit of 10"), "{err}");
+        fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,147 @@
+//! What a running stage sees: its wiring, the run folder, the run's options, and the tally of
+//! items that failed or were skipped.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, anyhow};
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use serde::{Deserialize, Serialize};
+
+use crate::io::Location;
+use crate::io::parquet::{self, TableWriter};
+use crate::progress::{Progress, info};
+
+/// Options that apply to the whole run, not to one stage.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Rerun every stage even when its fingerprint matches.
+    pub force: bool,
+    /// No progress display and no log lines.
+    pub quiet: bool,
+}
+
+/// How many items had one outcome, with the first few named.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Count {
+    pub n: u64,
+    pub examples: Vec<String>,
+}
+
+impl Count {
+    const EXAMPLES: usize = 5;
+
+    pub fn add(&mut self, what: String) {
+        self.n += 1;
+        if self.examples.len() < Self::EXAMPLES {
+            self.examples.push(what);
+        }
+    }
+
+    pub fn merge(&mut self, other: Count) {
+        self.n += other.n;
+        let room = Self::EXAMPLES.saturating_sub(self.examples.len());
+        self.examples.extend(other.examples.into_iter().take(room));
+    }
+}
+
+/// The items of a stage that failed (the run then exits non-zero) or were skipped on purpose.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    pub failed: Count,
+    pub skipped: Count,
+}
+
+impl Tally {
+    pub fn merge(&mut self, other: Tally) {
+        self.failed.merge(other.failed);
+        self.skipped.merge(other.skipped);
+    }
+}
+
+/// A running stage's view of the run.
+pub struct Context<'a> {
+    pub stage: &'a str,
+    pub run_dir: &'a Location,
+    pub options: &'a RunOptions,
+    /// Fingerprint of this stage's configuration and inputs (names its resumable work).
+    pub fingerprint: &'a str,
+    inputs: &'a BTreeMap<String, Vec<String>>,
+    outputs: &'a BTreeMap<String, String>,
+    /// Text the stage wants shown to the user as a result (printed on stdout after the run).
+    pub report: Vec<String>,
+    pub tally: Tally,
+}
+
+impl<'a> Context<'a> {
+    pub(super) fn new(
+        stage: &'a str,
+        run_dir: &'a Location,
+        options: &'a RunOptions,
+        fingerprint: &'a str,
+        inputs: &'a BTreeMap<String, Vec<String>>,
+        outputs: &'a BTreeMap<String, String>,
+    ) -> Context<'a> {
+        Context { stage, run_dir, options, fingerprint, inputs, outputs, report: Vec::new(), tally: Tally::default() }
+    }
+
+    /// The table wired to output `slot`.
+    pub fn output_table(&self, slot: &str) -> Result<&str> {
+        self.outputs.get(slot).map(String::as_str).ok_or_else(|| anyhow!("stage {} has no output slot {slot}", self.stage))
+    }
+
+    /// Whether input `slot` is wired (always true for required slots).
+    pub fn has_input(&self, slot: &str) -> bool {
+        self.inputs.contains_key(slot)
+    }
+
+    /// Reads every table wired to input `slot`, one after the other.
+    pub fn read(&self, slot: &str) -> Result<Vec<RecordBatch>> {
+        let tables = self.inputs.get(slot).ok_or_else(|| anyhow!("stage {} has no input slot {slot}", self.stage))?;
+        let mut batches = Vec::new();
+        for t in tables {
+            batches.extend(parquet::read(self.run_dir, t)?);
+        }
+        Ok(batches)
+    }
+
+    /// Reads back what this stage wrote to output `slot`.
+    pub fn read_output(&self, slot: &str) -> Result<Vec<RecordBatch>> {
+        parquet::read(self.run_dir, self.output_table(slot)?)
+    }
+
+    /// Writes the whole table for output `slot`.
+    pub fn write(&self, slot: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<usize> {
+        parquet::write(self.run_dir, self.output_table(slot)?, schema, batches)
+    }
+
+    /// A streaming writer for output `slot`.
+    pub fn writer(&self, slot: &str, schema: SchemaRef) -> Result<TableWriter> {
+        TableWriter::create(self.run_dir, self.output_table(slot)?, schema)
+    }
+
+    /// The run's folder for files this stage makes (pictures): `<run>/<what>/<stage>/`.
+    pub fn files_dir(&self, what: &str) -> Location {
+        self.run_dir.child(&format!("{what}/{}", self.stage))
+    }
+
+    /// A progress display for `total` items of this stage.
+    pub fn progress(&self, total: u64, unit: &str) -> Progress {
+        Progress::new(self.stage, total, unit, self.options.quiet)
+    }
+
+    /// A log line on stderr, prefixed with the stage's name.
+    pub fn log(&self, message: &str) {
+        info(self.options.quiet, &format!("{}: {message}", self.stage));
+    }
+
+    /// Counts an item that failed; `what` names it and says why.
+    pub fn fail(&mut self, what: String) {
+        self.tally.failed.add(what);
+    }
+
+    /// Counts an item that was skipped on purpose; `what` names it and says why.
+    pub fn skip(&mut self, what: String) {
+        self.tally.skipped.add(what);
+    }
+}

@@ -1,0 +1,54 @@
+//! Making CPU results reproducible: the same seed gives the same bytes in every run on one
+//! machine.
+//!
+//! Intel MKL (inside libtorch) picks its matrix-multiply kernels by the memory alignment of each
+//! buffer, which differs from one process to the next, so the same cloak came out different in
+//! a few pixels between two runs. Its strict conditional numerical reproducibility mode
+//! (`MKL_CBWR=AUTO,STRICT`) fixes the summation order. MKL reads that variable once, at its
+//! first call, so [`make_cpu_reproducible`] sets it first thing in `main`, checks that MKL
+//! really runs in that mode, and if MKL had started before (a static initialiser of a library),
+//! starts the binary again with the variable in its environment from the beginning. The mode in
+//! force is recorded in every run's `_run.json`.
+
+use std::os::raw::c_int;
+
+unsafe extern "C" {
+    /// `mkl_cbwr_get` of the MKL linked into libtorch_cpu (exported under this name).
+    fn mkl_serv_cbwr_get(what: c_int) -> c_int;
+}
+
+/// `MKL_CBWR_AUTO | MKL_CBWR_STRICT`.
+const AUTO_STRICT: c_int = 0x10002;
+/// `MKL_CBWR_ALL`: ask for the whole setting.
+const ALL: c_int = !0;
+/// Set in the environment of the restarted process, so it never restarts again.
+const RESTARTED: &str = "CLOAKBENCH_MKL_RESTARTED";
+
+/// The CNR mode MKL runs in, as `MKL_CBWR` would spell it.
+pub fn mkl_mode() -> String {
+    // SAFETY: a read-only query of MKL's global setting; it takes no pointers.
+    match unsafe { mkl_serv_cbwr_get(ALL) } {
+        AUTO_STRICT => "AUTO,STRICT".into(),
+        1 => "OFF".into(),
+        2 => "AUTO".into(),
+        3 => "COMPATIBLE".into(),
+        other => format!("0x{other:x}"),
+    }
+}
+
+/// Puts MKL in strict reproducible mode unless the user chose another in `MKL_CBWR`. Call it
+/// first thing in `main`, before any thread exists. May replace the process (see the module).
+pub fn make_cpu_reproducible() {
+    if std::env::var_os("MKL_CBWR").is_some() && std::env::var_os(RESTARTED).is_none() {
+        return; // the user's choice
+    }
+    // SAFETY: no other thread exists yet, and nothing has read the environment.
+    unsafe { std::env::set_var("MKL_CBWR", "AUTO,STRICT") };
+    if mkl_mode() == "AUTO,STRICT" || std::env::var_os(RESTARTED).is_some() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else { return };
+    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env(RESTARTED, "1").exec();
+    eprintln!("[cloakbench] warning: MKL is not in reproducible mode and restarting failed ({err}); CPU results may differ between runs");
+}

@@ -1,0 +1,91 @@
+//! Fingerprints come from meaning: writing a default out reruns nothing, while a picture edited
+//! in place (same size) or a replaced weights file reruns what depends on it.
+
+use std::path::Path;
+
+use crate::{cloakbench, copy_dataset, python_check, scratch, shared, text};
+
+fn ran(log: &str, stage: &str) -> bool {
+    log.contains(&format!("{stage}: running"))
+}
+
+#[test]
+fn defaults_written_out_rerun_nothing_and_an_edited_picture_reruns_ingest() {
+    let fixture = shared("datasets/fixture_facescrub12x10");
+    let dir = scratch("fingerprints");
+    let data = dir.join("data");
+    copy_dataset(&fixture, &data);
+    let root = dir.join("runs");
+    let set = format!("ingest.dataset={}", data.display());
+    let args = ["run", "pipelines/baseline.toml", "--set", &set, "--run-root", root.to_str().unwrap()];
+    cloakbench(&args, &[]);
+
+    // Every stage's defaults, written out: nothing reruns.
+    let defaults = [
+        "--set",
+        "ingest.batch_size=256",
+        "--set",
+        "ingest.concurrency=32",
+        "--set",
+        "embed.device=auto",
+        "--set",
+        "embed.input=resize",
+        "--set",
+        "embed.part_size=1024",
+        "--set",
+        "classify.probe.epochs=300",
+        "--set",
+        "split.protected=[]",
+    ];
+    let log = text(&cloakbench(&[&args[..], &defaults[..]].concat(), &[]).stderr);
+    assert_eq!(log.matches("up to date, skipped").count(), 5, "{log}");
+
+    // One picture edited in place, same size (an EXIF-like edit): ingest and everything after it rerun.
+    let picture = std::fs::read_dir(data.join("Bill_Hader")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&picture).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x01; // inside the entropy-coded data, before the end marker
+    std::fs::write(&picture, &bytes).unwrap();
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&picture).unwrap().set_modified(future).unwrap();
+    let log = text(&cloakbench(&args, &[]).stderr);
+    for stage in ["ingest", "split", "embed", "classify", "evaluate"] {
+        assert!(ran(&log, stage), "{stage} was not rerun after a picture changed:\n{log}");
+    }
+    let digest = sha256(&picture);
+    let code = format!(
+        "import polars as pl; i = pl.read_parquet({:?}); print(i.filter(pl.col('uri') == {:?})['sha256'][0])",
+        root.join("baseline/images.parquet"),
+        picture.display().to_string()
+    );
+    let out = std::process::Command::new(crate::python()).args(["-c", &code]).output().unwrap();
+    assert_eq!(text(&out.stdout).trim(), digest, "the images table does not describe the file as it is now");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[test]
+fn replaced_weights_rerun_the_stages_that_use_them() {
+    let dataset = shared("datasets/fixture_facescrub12x10");
+    let dir = scratch("fingerprint-weights");
+    let models = dir.join("models");
+    python_check("make_torchscript_model.py", &[models.to_str().unwrap()], &[]);
+    let env = [("CLOAKBENCH_MODELS", models.to_str().unwrap())];
+    let set = format!("ingest.dataset={}", dataset.display());
+    let root = dir.join("runs");
+    let args = ["run", "pipelines/baseline.toml", "--set", &set, "--set", "embed.model=tiny_user_net", "--run-root", root.to_str().unwrap()];
+    cloakbench(&args, &env);
+    assert_eq!(text(&cloakbench(&args, &env).stderr).matches("up to date, skipped").count(), 5);
+    // The same file, exported again with other weights: embed and what follows rerun.
+    python_check("make_torchscript_model.py", &[models.to_str().unwrap(), "1"], &[]);
+    let log = text(&cloakbench(&args, &env).stderr);
+    assert!(log.contains("ingest: up to date") && log.contains("split: up to date"), "{log}");
+    for stage in ["embed", "classify", "evaluate"] {
+        assert!(ran(&log, stage), "{stage} was not rerun with other weights:\n{log}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
