@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 BIN := $(CARGO_TARGET_DIR)/release/cloakbench
 PIPELINE ?= pipelines/baseline.toml
 
-.PHONY: setup build demo test bench bench-zoo lpips clean-runs
+.PHONY: setup build lint demo test bench bench-zoo lpips clean-runs
 
 setup:
 	@scripts/setup.sh
@@ -25,8 +25,13 @@ build: setup
 demo: build
 	$(BIN) run $(PIPELINE) $(ARGS)
 
-## All tests: unit, golden, end-to-end, S3, Parquet read back by Polars and Pandas.
-test: build
+## Formatting and lints, checked as CI checks them (make test runs them first).
+lint: setup
+	cargo fmt --check
+	cargo clippy --release --all-targets --locked -- -D warnings
+
+## All tests: formatting and lints, unit, golden, end-to-end, S3, Parquet read back by Polars and Pandas.
+test: build lint
 	cargo test --release --locked -- --test-threads=1
 
 ## Throughput of ingest and embed against the raw model (a benchmark, not a test).
