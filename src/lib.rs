@@ -1,5 +1,21 @@
 //! cloakbench: cloak face photos and measure whether the cloak still protects anyone once a
 //! face-recognition trainer adapts.
+//!
+//! The crate is laid out as the pipeline runs, in layers; a module imports only from the
+//! layers below it, and no stage imports another stage:
+//!
+//! | layer | modules | role |
+//! |-------|---------|------|
+//! | the binary | [`cli`], [`commands`] | flags in, one function per command, an exit code out |
+//! | stages | [`stages`] | the registry, and one module per stage kind: its configuration, work and tests |
+//! | core | [`pipeline`] | parse, validate into a typed plan, order, fingerprint, run, resume in chunks |
+//! | shared parts | [`tables`], [`attack`] | one module per table; the one attack engine and its methods |
+//! | faces | [`face`] | MTCNN and the differentiable alignments |
+//! | models | [`models`] | one file per architecture, model cards, users' TorchScript models |
+//! | data plane | [`io`] | local and S3 locations, listing, decoding, Parquet, picture loading |
+//! | leaves | [`progress`], [`rng`], [`runtime`] | progress lines, the seeded generator, MKL's reproducible mode |
+//!
+//! Tables are documented in `schemas/`; pipelines live in `pipelines/`.
 
 pub mod attack;
 pub mod cli;

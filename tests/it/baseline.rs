@@ -23,6 +23,12 @@ fn baseline_runs_end_to_end_and_reruns_only_what_changed() {
     eprintln!("fixture_facescrub12x10 clean accuracy: linear probe {probe:.3}, 1-NN {nn:.3}");
     assert!(probe >= 0.9, "linear probe accuracy {probe} < 0.9");
 
+    // CPU results are bitwise reproducible in this run (MKL's strict mode, checked at start-up).
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(runs.join("baseline/_run.json")).unwrap()).unwrap();
+    assert_eq!(manifest["mkl_cbwr"], "AUTO,STRICT", "{manifest}");
+    assert_eq!(manifest["failed"], 0);
+    assert_eq!(manifest["stages"].as_array().unwrap().len(), 5);
+
     // Nothing changed: every stage is skipped.
     let again = text(&cloakbench(&args, &[]).stderr);
     assert_eq!(again.matches("up to date, skipped").count(), 5, "{again}");

@@ -89,6 +89,16 @@ fn a_killed_cloak_stage_resumes_and_gives_the_same_pictures() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    // The cloaked files so far, with their modification times (one picture per chunk, in order).
+    let pictures = interrupted.join("cloak_only/cloaked/cloak/Bill_Hader");
+    let written = || -> Vec<(std::ffi::OsString, std::time::SystemTime)> {
+        // Staging files (a dot and the name) of a write the kill cut short are not pictures.
+        let files = std::fs::read_dir(&pictures).unwrap().map(|f| f.unwrap()).filter(|f| !f.file_name().to_string_lossy().starts_with('.'));
+        let mut files: Vec<_> = files.map(|f| (f.file_name(), f.metadata().unwrap().modified().unwrap())).collect();
+        files.sort();
+        files
+    };
+    let before = written();
 
     let args = run_args(&interrupted);
     let log = text(&cloakbench(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]).stderr);
@@ -96,6 +106,11 @@ fn a_killed_cloak_stage_resumes_and_gives_the_same_pictures() {
     let done: usize = resumed.split("resumed: ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!((2..7).contains(&done), "{resumed}");
     assert_eq!(cloak_parts(), 0, "parts left behind after the tables were joined");
+    // The finished chunks (one picture each) were not cloaked again: at least as many cloaked
+    // files as chunks resumed are untouched since the kill.
+    let after = written();
+    let untouched = before.iter().filter(|b| after.contains(b)).count();
+    assert!(untouched >= done, "only {untouched} cloaked files untouched, {done} chunks resumed: a finished chunk was redone");
 
     let args = run_args(&straight);
     cloakbench(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
