@@ -49,33 +49,17 @@ class Wrapped(torch.nn.Module):
         return self.net((pixels - 127.5) / 128.0)
 
 
+def card(model_id, weights, input_size, extra=""):
+    """A model card as the README tells users to write one."""
+    (out / f"{model_id}.toml").write_text(
+        f'id = "{model_id}"\nformat = "torchscript"\nweights = "{weights}"\n'
+        f'input_size = {input_size}\noutput_dim = 32\nalignment = "arcface"\n{extra}')
+
+
 out = pathlib.Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)
 torch.jit.script(Wrapped(TinyNet()).eval()).save(str(out / "tiny_user_net.pt"))
-(out / "tiny_user_net.toml").write_text("""\
-id = "tiny_user_net"
-format = "torchscript"
-weights = "tiny_user_net.pt"
-input_size = [112, 112]
-output_dim = 32
-alignment = "arcface"
-architecture = "a tiny test network"
-licence = "MIT"
-""")
+card("tiny_user_net", "tiny_user_net.pt", [112, 112], 'architecture = "a tiny test network"\nlicence = "MIT"\n')
 torch.jit.script(OneAtATime(TinyNet()).eval()).save(str(out / "tiny_fails_net.pt"))
-(out / "tiny_fails_net.toml").write_text("""\
-id = "tiny_fails_net"
-format = "torchscript"
-weights = "tiny_fails_net.pt"
-input_size = [112, 112]
-output_dim = 32
-alignment = "arcface"
-""")
-(out / "tiny_wide_net.toml").write_text("""\
-id = "tiny_wide_net"
-format = "torchscript"
-weights = "tiny_user_net.pt"
-input_size = [112, 96]
-output_dim = 32
-alignment = "arcface"
-""")
+card("tiny_fails_net", "tiny_fails_net.pt", [112, 112])
+card("tiny_wide_net", "tiny_user_net.pt", [112, 96])
