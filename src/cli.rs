@@ -39,6 +39,9 @@ enum Command {
         /// No progress and no log lines on stderr (results are still printed).
         #[arg(long, short)]
         quiet: bool,
+        /// Check the pipeline and print its stages (expanded, merged, in run order); run nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Cloak your own photos: files or folders in, `<stem>_cloaked.<ext>` out. Every face in
     /// every picture is protected; originals are never touched; pictures already cloaked are
@@ -178,7 +181,7 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { pipeline, set, run_root, force, quiet } => run(&pipeline, set, run_root, RunOptions { force, quiet }),
+        Command::Run { pipeline, set, run_root, force, quiet, dry_run } => run(&pipeline, set, run_root, RunOptions { force, quiet }, dry_run),
         Command::Models { command: ModelsCommand::List } => models_list(),
         Command::Cloak { paths, method, mode, ensemble, format, jpeg_quality, out, recursive, batch_size, seed, device, quiet } => {
             let method = match method {
@@ -212,11 +215,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn run(path: &Path, mut set: Vec<String>, run_root: Option<String>, options: RunOptions) -> Result<ExitCode> {
+fn run(path: &Path, mut set: Vec<String>, run_root: Option<String>, options: RunOptions, dry_run: bool) -> Result<ExitCode> {
     if let Some(root) = run_root {
         set.push(format!("pipeline.run_root={root}"));
     }
     let plan = pipeline::load(path, &set, KINDS)?;
+    if dry_run {
+        print_plan(&plan);
+        return Ok(ExitCode::SUCCESS);
+    }
     let summary = pipeline::run(&plan, &options)?;
     for text in &summary.report {
         println!("{text}");
@@ -236,17 +243,34 @@ fn run(path: &Path, mut set: Vec<String>, run_root: Option<String>, options: Run
     Ok(ExitCode::SUCCESS)
 }
 
+/// The plan, a stage a line: name, kind, what it reads and writes; then the merged tables.
+fn print_plan(plan: &pipeline::Plan) {
+    println!("{}: {} stages, in run order", plan.name, plan.stages.len());
+    for s in &plan.stages {
+        let reads: Vec<String> = s.inputs.values().flatten().cloned().collect();
+        let writes: Vec<&String> = s.outputs.values().collect();
+        println!("  {:<48} {:<14} {} -> {}", s.name, s.kind.name, reads.join(" "), writes.iter().map(|w| w.as_str()).collect::<Vec<_>>().join(" "));
+    }
+    if !plan.aliases.is_empty() {
+        println!("{} tables are another stage's (identical stages run once):", plan.aliases.len());
+        for (alias, real) in &plan.aliases {
+            println!("  {alias} = {real}");
+        }
+    }
+}
+
 fn models_list() -> Result<ExitCode> {
-    println!("{:<34} {:>9} {:>5} {:<12} {:<9} {:<48} licence", "model", "input", "dim", "alignment", "weights", "source");
+    println!("{:<34} {:>9} {:>5} {:<12} {:>4} {:<9} {:<48} licence", "model", "input", "dim", "alignment", "year", "weights", "source");
     for card in crate::models::cards()? {
         let installed = if crate::models::weights_path(&card).is_ok() { "installed" } else { "missing" };
         let input = format!("{}x{}", card.input_size[0], card.input_size[1]);
         let weak = if card.weak { " (weak)" } else { "" };
         println!(
-            "{:<34} {input:>9} {:>5} {:<12} {installed:<9} {:<48} {}",
+            "{:<34} {input:>9} {:>5} {:<12} {:>4} {installed:<9} {:<48} {}",
             format!("{}{weak}", card.id),
             card.output_dim,
             card.alignment,
+            card.year.map_or("-".to_owned(), |y| y.to_string()),
             format!("{} {}", card.source.registry, card.source.package),
             card.licence
         );

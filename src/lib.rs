@@ -22,6 +22,7 @@ pub mod cli;
 pub mod commands;
 pub mod face;
 pub mod io;
+pub mod learn;
 pub mod models;
 pub mod pipeline;
 pub mod progress;

@@ -3,20 +3,42 @@
 //! its tests; stages share tables (`crate::tables`) and machinery (`crate::io`,
 //! `crate::pipeline::batch`), never each other's code.
 
+pub mod adapt;
 pub mod classify;
 pub mod cloak;
+pub mod cluster;
 pub mod detect;
+pub mod detect_cloaks;
 pub mod embed;
 pub mod evaluate;
+pub mod filter;
+pub mod finetune;
 pub mod ingest;
-pub mod reencode;
+pub mod mix;
+pub mod results;
 pub mod split;
 pub mod verify;
 
 use crate::pipeline::Kind;
 
 /// Every stage kind, in the order a pipeline usually runs them.
-pub const KINDS: &[Kind] = &[ingest::KIND, split::KIND, detect::KIND, cloak::KIND, reencode::KIND, embed::KIND, classify::KIND, evaluate::KIND, verify::KIND];
+pub const KINDS: &[Kind] = &[
+    ingest::KIND,
+    split::KIND,
+    detect::KIND,
+    cloak::KIND,
+    mix::KIND,
+    filter::KIND,
+    embed::KIND,
+    adapt::KIND,
+    classify::KIND,
+    finetune::KIND,
+    evaluate::KIND,
+    verify::KIND,
+    detect_cloaks::KIND,
+    cluster::KIND,
+    results::KIND,
+];
 
 #[cfg(test)]
 mod tests {

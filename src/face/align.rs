@@ -17,7 +17,7 @@
 //! Downscaling a large photo with a bilinear sampler aliases, so when the warp shrinks by 2x or
 //! more the picture is first average-pooled by the integer factor (also differentiable).
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use tch::{Device, Kind, Tensor};
 
 use crate::models::ModelCard;
@@ -68,8 +68,17 @@ impl Alignment {
     /// The alignment a model card names, at the card's input size.
     pub fn from_card(card: &ModelCard) -> Result<Alignment> {
         card.check().map_err(|e| anyhow!(e))?;
-        let [height, width] = card.input_size;
-        Ok(match card.alignment {
+        Alignment::new(card.alignment, card.input_size)
+    }
+
+    /// Alignment `name` making crops of `input_size` ([height, width]): how a trainer that
+    /// crops faces its own way feeds a model.
+    pub fn new(name: AlignmentName, input_size: [i64; 2]) -> Result<Alignment> {
+        let [height, width] = input_size;
+        if name.square() && height != width {
+            bail!("alignment {name} makes square crops, and the input is {height}x{width}");
+        }
+        Ok(match name {
             AlignmentName::Arcface => Alignment::Arcface { size: height },
             AlignmentName::DlibChip => Alignment::DlibChip { size: height, padding: 0.25 },
             AlignmentName::FacenetCrop => Alignment::BoxCrop { height, width, margin: 16.0 },

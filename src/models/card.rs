@@ -34,6 +34,16 @@ pub struct ModelCard {
     pub parameters: u64,
     #[serde(default)]
     pub training: String,
+    /// When the weights were published (so results read as "the trainer waited for a newer
+    /// model"); None when unknown.
+    #[serde(default)]
+    pub year: Option<u32>,
+    /// Where the year comes from.
+    #[serde(default)]
+    pub year_source: String,
+    /// The data the weights were trained on.
+    #[serde(default)]
+    pub training_set: String,
     #[serde(default)]
     pub claimed_lfw: String,
     #[serde(default)]

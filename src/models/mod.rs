@@ -147,8 +147,43 @@ pub fn load(id: &str, device: Device) -> Result<Box<dyn FaceModel>> {
     if card.format == card::WeightsFormat::Torchscript {
         return torchscript::load(card, &path, device);
     }
+    let (model, mut vs) = build(card, &path, device)?;
+    vs.freeze();
+    Ok(model)
+}
+
+/// Loads model `id`, every parameter trainable: the network and the store that holds its
+/// parameters (for fine-tuning). `weights`: a fine-tuned checkpoint to start from instead of
+/// the published weights.
+pub fn load_trainable(id: &str, weights: Option<&std::path::Path>, device: Device) -> Result<(Box<dyn FaceModel>, nn::VarStore)> {
+    let card = card(id)?;
+    if card.format == card::WeightsFormat::Torchscript {
+        bail!("model {id}: fine-tuning needs one of the zoo's own architectures, not a TorchScript module");
+    }
+    let path = match weights {
+        Some(path) => path.to_path_buf(),
+        None => weights_path(&card)?,
+    };
+    build(card, &path, device)
+}
+
+/// Loads model `id` with the weights of a fine-tuned checkpoint (the parameters of the store
+/// [`load_trainable`] returned, saved as safetensors), frozen.
+pub fn load_finetuned(id: &str, checkpoint: &std::path::Path, device: Device) -> Result<Box<dyn FaceModel>> {
+    let card = card(id)?;
+    if card.format == card::WeightsFormat::Torchscript {
+        bail!("model {id}: fine-tuned weights need one of the zoo's own architectures");
+    }
+    let (model, mut vs) = build(card, checkpoint, device)?;
+    vs.freeze();
+    Ok(model)
+}
+
+/// The architecture of `card` with the weights at `path`.
+fn build(card: ModelCard, path: &std::path::Path, device: Device) -> Result<(Box<dyn FaceModel>, nn::VarStore)> {
     let mut vs = nn::VarStore::new(device);
-    let model: Box<dyn FaceModel> = match id {
+    let id = card.id.clone();
+    let model: Box<dyn FaceModel> = match id.as_str() {
         "dlib_resnet29_150" => Box::new(dlib_resnet29::DlibResNet29::new(&vs.root(), card)),
         "facenet_casia_irv1_160" => Box::new(facenet_irv1::FacenetIrv1::new(&vs.root(), card)),
         "faceplugin_mbf512_112" => Box::new(faceplugin_mbf::FacepluginMbf::new(&vs.root(), card)),
@@ -158,9 +193,8 @@ pub fn load(id: &str, device: Device) -> Result<Box<dyn FaceModel>> {
         "mobileface_becauseofai_112" => Box::new(mobileface::MobileFace::new(&vs.root(), card)),
         _ => bail!("model {id} has a card but no architecture"),
     };
-    vs.load(&path).with_context(|| format!("{}: cannot load weights", path.display()))?;
-    vs.freeze();
-    Ok(model)
+    vs.load(path).with_context(|| format!("{}: cannot load weights", path.display()))?;
+    Ok((model, vs))
 }
 
 /// Where a stage runs, as a pipeline file names it: `auto` (CUDA when present), `cpu`, `cuda`

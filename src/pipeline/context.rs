@@ -1,7 +1,7 @@
 //! What a running stage sees: its wiring, the run folder, the run's options, and the tally of
 //! items that failed or were skipped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Result, anyhow};
 use arrow_array::RecordBatch;
@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::io::Location;
 use crate::io::parquet::{self, TableWriter};
 use crate::progress::{Progress, info};
+
+/// A stage's fan-out values and tags, as (key, label).
+pub type Labels = Vec<(String, String)>;
 
 /// Options that apply to the whole run, not to one stage.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +71,8 @@ pub struct Context<'a> {
     pub fingerprint: &'a str,
     inputs: &'a BTreeMap<String, Vec<String>>,
     outputs: &'a BTreeMap<String, String>,
+    /// table -> the labels (fan-out values and tags) of the stage that wrote it
+    table_labels: &'a HashMap<String, Labels>,
     /// Text the stage wants shown to the user as a result (printed on stdout after the run).
     pub report: Vec<String>,
     pub tally: Tally,
@@ -81,8 +86,9 @@ impl<'a> Context<'a> {
         fingerprint: &'a str,
         inputs: &'a BTreeMap<String, Vec<String>>,
         outputs: &'a BTreeMap<String, String>,
+        table_labels: &'a HashMap<String, Labels>,
     ) -> Context<'a> {
-        Context { stage, run_dir, options, fingerprint, inputs, outputs, report: Vec::new(), tally: Tally::default() }
+        Context { stage, run_dir, options, fingerprint, inputs, outputs, table_labels, report: Vec::new(), tally: Tally::default() }
     }
 
     /// The table wired to output `slot`.
@@ -108,6 +114,13 @@ impl<'a> Context<'a> {
     /// Reads back what this stage wrote to output `slot`.
     pub fn read_output(&self, slot: &str) -> Result<Vec<RecordBatch>> {
         parquet::read(self.run_dir, self.output_table(slot)?)
+    }
+
+    /// Reads every table wired to input `slot` separately, each with the labels of the stage
+    /// that wrote it (its fan-out values and tags): what a stage gathering a grid needs.
+    pub fn read_labelled(&self, slot: &str) -> Result<Vec<(Labels, Vec<RecordBatch>)>> {
+        let tables = self.inputs.get(slot).ok_or_else(|| anyhow!("stage {} has no input slot {slot}", self.stage))?;
+        tables.iter().map(|t| Ok((self.table_labels.get(t).cloned().unwrap_or_default(), parquet::read(self.run_dir, t)?))).collect()
     }
 
     /// Writes the whole table for output `slot`.

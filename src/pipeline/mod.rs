@@ -33,7 +33,7 @@ pub mod spec;
 pub mod stage;
 
 pub use batch::Chunks;
-pub use context::{Context, RunOptions, Tally};
+pub use context::{Context, Labels, RunOptions, Tally};
 pub use plan::{Plan, PlannedStage, load, parse};
 pub use run::{RunSummary, run};
 pub use stage::{Kind, PlanError, Slot, Stage, StageConfig, check, plan_from};

@@ -66,13 +66,44 @@ fn typed(spec: Spec, kinds: &'static [Kind]) -> Result<Plan, PlanError> {
         let stage = (kind.plan)(s.config.clone()).map_err(|e| PlanError(format!("stage {}: {e}", s.name)))?;
         let wired: Vec<&str> = s.inputs.keys().map(String::as_str).collect();
         stage.validate_wiring(&wired).map_err(|e| PlanError(format!("stage {}: {e}", s.name)))?;
-        let SpecStage { name, template, labels, inputs, outputs, .. } = s;
-        stages.push(PlannedStage { name, template, labels, kind, inputs, outputs, stage });
+        let SpecStage { name, template, labels, inputs, outputs, inherits, .. } = s;
+        stages.push((PlannedStage { name, template, labels, kind, inputs, outputs, stage }, inherits));
     }
+    let (stages, inherits): (Vec<PlannedStage>, Vec<Vec<String>>) = stages.into_iter().unzip();
     check_schemas(&stages)?;
-    let stages = order(stages)?;
+    let inherits: HashMap<String, Vec<String>> = stages.iter().map(|s| s.name.clone()).zip(inherits).collect();
+    let mut stages = order(stages)?;
+    label_from_configs(&mut stages, &inherits);
     let (stages, aliases) = merge_identical(stages);
     Ok(Plan { name: spec.header.name, description: spec.header.description, run_root: spec.header.run_root, stages, aliases })
+}
+
+/// Adds to each stage's labels the configuration values its kind labels tables with (a cloak's
+/// method and mode), and those of the stages whose tables it reads without gathering them.
+/// `stages` are in run order, so a producer's labels are final before its readers are seen.
+fn label_from_configs(stages: &mut [PlannedStage], inherits: &HashMap<String, Vec<String>>) {
+    let mut of_table: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for s in stages.iter_mut() {
+        let config = s.stage.describe();
+        let own = s.kind.labels.iter().filter_map(|key| {
+            let text = match config.get(*key)? {
+                serde_json::Value::String(v) => v.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            Some((key.to_string(), text))
+        });
+        let inherited: Vec<(String, String)> = inherits[&s.name].iter().flat_map(|t| of_table.get(t).cloned().unwrap_or_default()).collect();
+        for (key, value) in own.chain(inherited) {
+            if !s.labels.iter().any(|(k, _)| *k == key) {
+                s.labels.push((key, value));
+            }
+        }
+        for t in s.outputs.values() {
+            of_table.insert(t.clone(), s.labels.clone());
+        }
+    }
 }
 
 /// Every input slot reads tables whose schema it accepts.

@@ -86,19 +86,28 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let mut summary = RunSummary { run_dir: run_dir.url().to_owned(), ..Default::default() };
     // table -> fingerprint of the stage (and slot) that wrote it
     let mut table_fp: HashMap<String, String> = HashMap::new();
+    let table_labels: HashMap<String, Vec<(String, String)>> =
+        plan.stages.iter().flat_map(|s| s.outputs.values().map(|t| (t.clone(), s.labels.clone()))).collect();
     for stage in &plan.stages {
         let fingerprint = fingerprint(stage, &table_fp)?;
         for (slot, table) in &stage.outputs {
             table_fp.insert(table.clone(), format!("{fingerprint}/{slot}"));
         }
-        let outcome = run_stage(stage, fingerprint, &run_dir, options, &mut summary.report)?;
+        let outcome = run_stage(stage, fingerprint, &run_dir, options, &table_labels, &mut summary.report)?;
         summary.stages.push(outcome);
         write_manifest(plan, &run_dir, &summary)?;
     }
     Ok(summary)
 }
 
-fn run_stage(stage: &PlannedStage, fingerprint: String, run_dir: &Location, options: &RunOptions, report: &mut Vec<String>) -> Result<StageOutcome> {
+fn run_stage(
+    stage: &PlannedStage,
+    fingerprint: String,
+    run_dir: &Location,
+    options: &RunOptions,
+    table_labels: &HashMap<String, Vec<(String, String)>>,
+    report: &mut Vec<String>,
+) -> Result<StageOutcome> {
     let state_key = format!("_state/{}.json", stage.name);
     let outcome = |ran, seconds, tally| StageOutcome {
         name: stage.name.clone(),
@@ -120,7 +129,7 @@ fn run_stage(stage: &PlannedStage, fingerprint: String, run_dir: &Location, opti
     run_dir.delete(&state_key)?;
     crate::progress::info(options.quiet, &format!("{}: running ({})", stage.name, stage.kind.name));
     let started = std::time::Instant::now();
-    let mut ctx = Context::new(&stage.name, run_dir, options, &fingerprint, &stage.inputs, &stage.outputs);
+    let mut ctx = Context::new(&stage.name, run_dir, options, &fingerprint, &stage.inputs, &stage.outputs, table_labels);
     stage.stage.run(&mut ctx).with_context(|| format!("stage {} ({})", stage.name, stage.kind.name))?;
     report.append(&mut ctx.report);
     let state = StageState {

@@ -12,7 +12,14 @@
 //! (`fan_out = [{ method = "fawkes", mode = "high" }, { method = "lowkey" }]`). A stage that
 //! reads a fanned-out table is fanned out along with it (one `detect_scraped` per cloak), and
 //! its tables carry the same labels; `inputs = { embeddings = "embeddings[*]" }` instead reads
-//! every one of them in one slot (or `"embeddings[model=*]"`, only across that key).
+//! every one of them in one slot (or `"embeddings[model=*]"`, only across that key). A key is
+//! one axis wherever it is fanned out: two stages fanned out over `model` pair up by value (the
+//! cloaked embeddings of a model read the clean embeddings of the same model), they do not
+//! multiply.
+//!
+//! **tags.** `tags = { defender = "adaptive" }` labels a stage and, through its tables, every
+//! stage that reads them, without changing a configuration or a name: what a results table
+//! needs to say which chain a figure came from.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -28,7 +35,7 @@ fn err<T>(message: impl Into<String>) -> Failed<T> {
 }
 
 /// The keys of a stage table that the core owns; all others are the kind's configuration.
-const CORE_KEYS: &[&str] = &["kind", "inputs", "outputs", "fan_out", "enabled"];
+const CORE_KEYS: &[&str] = &["kind", "inputs", "outputs", "fan_out", "enabled", "tags"];
 
 /// The `[pipeline]` header.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,7 +61,8 @@ pub struct SpecStage {
     pub name: String,
     /// The stage of the file it was expanded from.
     pub template: String,
-    /// The fan-out values that made it, as (key, label), in the order of its name.
+    /// The fan-out values that made it, as (key, label), in the order of its name, then its
+    /// tags (its own and those of the tables it reads).
     pub labels: Vec<(String, String)>,
     pub kind: String,
     /// slot -> the tables it reads (several for a gathering input).
@@ -63,6 +71,8 @@ pub struct SpecStage {
     pub outputs: BTreeMap<String, String>,
     /// The kind's own keys.
     pub config: toml::Table,
+    /// The tables whose labels it inherits: those it reads without gathering them.
+    pub inherits: Vec<String>,
 }
 
 /// A pipeline ready for typing: its header and concrete stages in file order.
@@ -285,6 +295,8 @@ fn parse_ref(text: &str) -> Result<TableRef, String> {
 struct Cells {
     axes: Vec<String>,
     cells: Vec<Cell>,
+    /// Tags of the stage that wrote the table: (key, value), the same for every cell.
+    tags: Vec<(String, String)>,
 }
 
 type Cell = BTreeMap<String, String>;
@@ -349,7 +361,7 @@ fn own_cells(stage: &str, fan_out: Option<&toml::Value>) -> Failed<OwnCells> {
             if CORE_KEYS.contains(&key.as_str()) {
                 return err(format!("stage {stage}: fan_out cannot vary {key}"));
             }
-            let axis = format!("{stage}.{key}");
+            let axis = key.clone();
             if !axes.contains(&axis) {
                 axes.push(axis.clone());
             }
@@ -389,6 +401,7 @@ fn expand(templates: Vec<(String, toml::Table)>, kinds: &[Kind]) -> Failed<Vec<S
         kind: &'static str,
         inputs: BTreeMap<String, Vec<TableRef>>,
         outputs: BTreeMap<String, String>,
+        tags: Vec<(String, String)>,
         table: toml::Table,
     }
     let kind_names = || kinds.iter().map(|k| k.name).collect::<Vec<_>>().join(", ");
@@ -422,7 +435,8 @@ fn expand(templates: Vec<(String, toml::Table)>, kinds: &[Kind]) -> Failed<Vec<S
             })
             .collect::<Failed<BTreeMap<_, _>>>()?;
         table.remove("enabled");
-        parsed.push(Template { name, kind: kind.name, inputs, outputs, table });
+        let tags = parse_tags(&name, table.remove("tags"))?;
+        parsed.push(Template { name, kind: kind.name, inputs, outputs, tags, table });
     }
 
     // Templates in an order where every table is produced before it is read.
@@ -464,9 +478,13 @@ fn expand(templates: Vec<(String, toml::Table)>, kinds: &[Kind]) -> Failed<Vec<S
         let mut axes: Vec<String> = Vec::new();
         let mut cells = vec![Cell::new()];
         let mut propagated: HashMap<(String, usize), Vec<String>> = HashMap::new();
+        let mut tags: Vec<(String, String)> = Vec::new();
         for (slot, refs) in &t.inputs {
             for (n, r) in refs.iter().enumerate() {
                 let source = &table_cells[&r.table];
+                if r.gather == Gather::None {
+                    inherit_tags(&t.name, &mut tags, &source.tags)?;
+                }
                 let gathered: Vec<String> = match &r.gather {
                     Gather::None => vec![],
                     Gather::All if source.axes.is_empty() => {
@@ -476,7 +494,7 @@ fn expand(templates: Vec<(String, toml::Table)>, kinds: &[Kind]) -> Failed<Vec<S
                     Gather::Keys(keys) => keys
                         .iter()
                         .map(|k| {
-                            source.axes.iter().find(|a| *a == k || a.rsplit('.').next() == Some(k)).cloned().ok_or_else(|| {
+                            source.axes.iter().find(|a| *a == k).cloned().ok_or_else(|| {
                                 PlanError(format!(
                                     "stage {}: inputs.{slot}: table {} is not fanned out over {k:?} (its keys: {:?})",
                                     t.name, r.table, source.axes
@@ -508,7 +526,15 @@ fn expand(templates: Vec<(String, toml::Table)>, kinds: &[Kind]) -> Failed<Vec<S
                 combined.extend(join(vec![c.clone()], std::slice::from_ref(own_cell)).into_iter().map(|m| (m, values.clone())));
             }
         }
-        axes.extend(own_axes);
+        for a in own_axes {
+            if !axes.contains(&a) {
+                axes.push(a);
+            }
+        }
+        for (key, value) in &t.tags {
+            tags.retain(|(k, _)| k != key);
+            tags.push((key.clone(), value.clone()));
+        }
         let mut names = HashSet::new();
         for (cell, values) in &combined {
             let name = concrete(&t.name, &axes, cell);
@@ -516,6 +542,7 @@ fn expand(templates: Vec<(String, toml::Table)>, kinds: &[Kind]) -> Failed<Vec<S
                 return err(format!("stage {}: two fan-out cells are both named {name} (their labels collide)", t.name));
             }
             let mut inputs = BTreeMap::new();
+            let mut inherits = Vec::new();
             for (slot, refs) in &t.inputs {
                 let mut tables = Vec::new();
                 for (n, r) in refs.iter().enumerate() {
@@ -523,7 +550,11 @@ fn expand(templates: Vec<(String, toml::Table)>, kinds: &[Kind]) -> Failed<Vec<S
                     let keep = &propagated[&(slot.clone(), n)];
                     for c in &source.cells {
                         if keep.iter().all(|a| c.get(a) == cell.get(a)) {
-                            tables.push(concrete(&r.table, &source.axes, c));
+                            let table = concrete(&r.table, &source.axes, c);
+                            if r.gather == Gather::None {
+                                inherits.push(table.clone());
+                            }
+                            tables.push(table);
                         }
                     }
                 }
@@ -533,16 +564,40 @@ fn expand(templates: Vec<(String, toml::Table)>, kinds: &[Kind]) -> Failed<Vec<S
             let mut config = t.table.clone();
             config.remove("fan_out");
             config.extend(values.clone());
-            let labels = axes.iter().map(|a| (a.rsplit('.').next().unwrap_or(a).to_owned(), cell[a].clone())).collect();
-            expanded.push((i, SpecStage { name, template: t.name.clone(), labels, kind: t.kind.to_owned(), inputs, outputs, config }));
+            let mut labels: Vec<(String, String)> = axes.iter().map(|a| (a.clone(), cell[a].clone())).collect();
+            labels.extend(tags.iter().cloned());
+            expanded.push((i, SpecStage { name, template: t.name.clone(), labels, kind: t.kind.to_owned(), inputs, outputs, config, inherits }));
         }
         for table in t.outputs.values() {
-            table_cells.insert(table.clone(), Cells { axes: axes.clone(), cells: combined.iter().map(|(c, _)| c.clone()).collect() });
+            table_cells.insert(table.clone(), Cells { axes: axes.clone(), cells: combined.iter().map(|(c, _)| c.clone()).collect(), tags: tags.clone() });
         }
     }
     // File order, each template's cells together.
     expanded.sort_by_key(|(i, _)| *i);
     Ok(expanded.into_iter().map(|(_, s)| s).collect())
+}
+
+/// A stage's `tags = { key = "value" }`: labels that do not change its configuration or its
+/// name, carried by its tables to every stage that reads them (a trainer chain's `defender`).
+fn parse_tags(stage: &str, value: Option<toml::Value>) -> Failed<Vec<(String, String)>> {
+    let Some(value) = value else { return Ok(vec![]) };
+    let toml::Value::Table(table) = value else { return err(format!("stage {stage}: tags must be a table of key = value")) };
+    table
+        .into_iter()
+        .map(|(k, v)| label(&v).map(|l| (k.clone(), l)).ok_or_else(|| PlanError(format!("stage {stage}: tags.{k}: a tag is text, a number or a boolean"))))
+        .collect()
+}
+
+/// Adds the tags of a table a stage reads; two tables that disagree on a tag are an error.
+fn inherit_tags(stage: &str, tags: &mut Vec<(String, String)>, from: &[(String, String)]) -> Failed<()> {
+    for (key, value) in from {
+        match tags.iter().find(|(k, _)| k == key) {
+            Some((_, v)) if v != value => return err(format!("stage {stage} reads tables tagged {key} = {v} and {key} = {value}; gather one of them")),
+            Some(_) => {}
+            None => tags.push((key.clone(), value.clone())),
+        }
+    }
+    Ok(())
 }
 
 /// Maps each slot of a kind to table references: the slot's own name unless the file says
@@ -596,9 +651,25 @@ mod tests {
 
     const ANY: &[&str] = &["t"];
     const KINDS: &[Kind] = &[
-        Kind { name: "source", summary: "", inputs: &[], optional_inputs: &[], outputs: &[Slot::new("images", ANY)], plan: never },
-        Kind { name: "map", summary: "", inputs: &[Slot::new("images", ANY)], optional_inputs: &[], outputs: &[Slot::new("embeddings", ANY)], plan: never },
-        Kind { name: "reduce", summary: "", inputs: &[Slot::new("embeddings", ANY)], optional_inputs: &[], outputs: &[Slot::new("metrics", ANY)], plan: never },
+        Kind { name: "source", summary: "", inputs: &[], optional_inputs: &[], outputs: &[Slot::new("images", ANY)], labels: &[], plan: never },
+        Kind {
+            name: "map",
+            summary: "",
+            inputs: &[Slot::new("images", ANY)],
+            optional_inputs: &[],
+            outputs: &[Slot::new("embeddings", ANY)],
+            labels: &[],
+            plan: never,
+        },
+        Kind {
+            name: "reduce",
+            summary: "",
+            inputs: &[Slot::new("embeddings", ANY)],
+            optional_inputs: &[],
+            outputs: &[Slot::new("metrics", ANY)],
+            labels: &[],
+            plan: never,
+        },
     ];
 
     fn names(spec: &Spec) -> Vec<&str> {
@@ -639,6 +710,29 @@ mod tests {
         );
         assert_eq!(stage("per_cloak-fawkes-high").inputs["embeddings"], ["embeddings-fawkes-high-a", "embeddings-fawkes-high-b"]);
         assert_eq!(stage("all").inputs["embeddings"].len(), 4);
+    }
+
+    #[test]
+    fn one_key_fanned_out_in_two_stages_is_one_axis() {
+        let text = "[pipeline]\nname = 't'\n[stages.src]\nkind = 'source'\n\
+            [stages.clean]\nkind = 'map'\noutputs = { embeddings = 'clean' }\nfan_out = { model = ['a', 'b'] }\n\
+            [stages.again]\nkind = 'reduce'\ninputs = { embeddings = 'clean' }\nfan_out = { model = ['a', 'b'] }\n";
+        let spec = parse(text, &[], KINDS).unwrap();
+        assert_eq!(names(&spec), ["src", "clean-a", "clean-b", "again-a", "again-b"]);
+        assert_eq!(spec.stages[4].inputs["embeddings"], ["clean-b"]);
+    }
+
+    #[test]
+    fn tags_travel_with_tables_but_not_into_names() {
+        let text = "[pipeline]\nname = 't'\n[stages.src]\nkind = 'source'\ntags = { dataset = 'fixture' }\n\
+            [stages.embed]\nkind = 'map'\ntags = { defender = 'oblivious' }\nfan_out = { model = ['a'] }\n\
+            [stages.all]\nkind = 'reduce'\ninputs = { embeddings = 'embeddings[*]' }\n";
+        let spec = parse(text, &[], KINDS).unwrap();
+        assert_eq!(names(&spec), ["src", "embed-a", "all"]);
+        let labels = |n: &str| spec.stages.iter().find(|s| s.name == n).unwrap().labels.clone();
+        assert_eq!(labels("embed-a"), [("model".into(), "a".into()), ("dataset".into(), "fixture".into()), ("defender".into(), "oblivious".into())]);
+        assert!(labels("all").is_empty(), "a gather does not inherit the gathered tables' tags");
+        assert!(spec.stages[1].config.get("tags").is_none());
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct Kind {
     /// Input slots read only when the pipeline file wires them (`inputs = { slot = "table" }`).
     pub optional_inputs: &'static [Slot],
     pub outputs: &'static [Slot],
+    /// Configuration keys that label the stage's tables (and every table made from them), as a
+    /// fan-out value does: a cloak's `method` and `mode`, an embedding's `model`.
+    pub labels: &'static [&'static str],
     /// Turns the stage's own keys into a validated stage, or says what is wrong with them.
     pub plan: fn(toml::Table) -> Result<Arc<dyn Stage>, String>,
 }

@@ -40,6 +40,7 @@ pub const KIND: Kind = Kind {
     inputs: &[Slot::new("images", images::ANY), Slot::new("faces", &[FACES]), Slot::new("splits", &[SPLITS])],
     optional_inputs: &[],
     outputs: &[Slot::new("cloaked_images", &[CLOAKED]), Slot::new("cloaks", &[CLOAKS]), Slot::new("cloak_shifts", &[CLOAK_SHIFTS])],
+    labels: &["method", "mode"],
     plan: plan_from::<Cloak>,
 };
 
@@ -67,6 +68,10 @@ pub struct Cloak {
     pub ensemble: Option<Vec<String>>,
     #[serde(default)]
     pub which: Which,
+    /// Also cloak this many pictures of each public identity (the split's `public`): the
+    /// cloaked pictures the adaptive trainer and the cloak detector learn from.
+    #[serde(default)]
+    pub public_pictures: usize,
     #[serde(default)]
     pub seed: i64,
     /// Pictures optimised together.
@@ -187,14 +192,16 @@ impl StageConfig for Cloak {
 }
 
 impl Cloak {
-    /// The protected users' pictures this stage changes, user by user (each user's together).
+    /// The pictures this stage changes, identity by identity (each one's together): the
+    /// protected users' (their training pictures, or all), then the first `public_pictures` of
+    /// each public identity.
     fn pictures_to_cloak(&self, pictures: &[Picture], splits: &Splits) -> Vec<Picture> {
         let mut by_user: BTreeMap<&str, Vec<Picture>> = BTreeMap::new();
         for p in pictures {
-            if let Some((who, side)) = splits.by_image.get(&p.image_id)
-                && splits.protected.contains(who)
-                && (*side == splits::Side::Train || self.which == Which::Protected)
-            {
+            let Some((who, side)) = splits.by_image.get(&p.image_id) else { continue };
+            let protected = splits.protected.contains(who) && (*side == splits::Side::Train || self.which == Which::Protected);
+            let public = splits.public.contains(who) && by_user.get(who.as_str()).is_none_or(|v| v.len() < self.public_pictures);
+            if protected || public {
                 by_user.entry(who).or_default().push(p.clone());
             }
         }
@@ -306,7 +313,7 @@ impl Work<'_> {
         }
         // Fawkes v0.3: for each candidate, the minimum distance between its embeddings and the
         // user's (first ensemble model); pick at random among the 20 farthest.
-        let candidates: Vec<String> = self.splits.identities().into_iter().filter(|w| !self.splits.protected.contains(w)).collect();
+        let candidates: Vec<String> = self.splits.identities().into_iter().filter(|w| !self.splits.protected.contains(w) && w != user).collect();
         if candidates.is_empty() {
             bail!("fawkes_v03 needs unprotected identities to choose a target from");
         }

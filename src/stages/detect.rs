@@ -3,6 +3,13 @@
 //! skipped), and an `error` row for one that could not be read again (counted as failed), so
 //! every picture is accounted for. Its work is saved in chunks, so an interrupted run resumes
 //! where it stopped.
+//!
+//! A trainer that scraped mostly unchanged pictures (all but the cloaked ones) need not search
+//! them again: with `inputs.known_faces` (the faces of the clean dataset, found with the same
+//! settings), a picture that is still the dataset's own file keeps its rows from there, and only
+//! the copies (cloaked, filtered) are searched.
+
+use std::collections::HashMap;
 
 use anyhow::Result;
 use image::RgbImage;
@@ -14,14 +21,15 @@ use crate::io::pictures::PictureLoader;
 use crate::models::DeviceChoice;
 use crate::pipeline::{Chunks, Context, Kind, Slot, StageConfig, check, plan_from};
 use crate::tables::faces::{self, FACES, FaceRow, Found};
-use crate::tables::images;
+use crate::tables::images::{self, Picture};
 
 pub const KIND: Kind = Kind {
     name: "detect",
     summary: "find every face (MTCNN): boxes, five landmarks and scores, largest first",
     inputs: &[Slot::new("images", images::ANY)],
-    optional_inputs: &[],
+    optional_inputs: &[Slot::new("known_faces", &[FACES])],
     outputs: &[Slot::new("faces", &[FACES])],
+    labels: &[],
     plan: plan_from::<Detect>,
 };
 
@@ -96,12 +104,33 @@ impl StageConfig for Detect {
     fn run(&self, ctx: &mut Context) -> Result<()> {
         let detector = Mtcnn::load(self.device.resolve()?)?;
         let settings = self.settings();
+        let image_rows = images::read(&ctx.read("images")?)?;
         let pictures = images::ok_pictures(&ctx.read("images")?)?;
+        let known = match ctx.has_input("known_faces") {
+            true => faces::read_rows(&ctx.read("known_faces")?)?,
+            false => HashMap::new(),
+        };
+        let unchanged = images::unchanged(&image_rows);
         let mut loader = PictureLoader::new(self.limits.clone(), self.concurrency);
         let outputs = [("faces", faces::batch(&[])?.schema())];
+        let mut reused = 0;
         ctx.resumable(&pictures, &Chunks::even(pictures.len(), self.part_size), "images", &outputs, |chunk, tally| {
             let mut rows = Vec::new();
-            for batch in chunk.chunks(DECODE_BATCH) {
+            let (kept, to_search): (Vec<&Picture>, Vec<&Picture>) =
+                chunk.iter().partition(|p| unchanged.contains(&p.image_id) && known.contains_key(&p.image_id));
+            for p in kept {
+                for row in &known[&p.image_id] {
+                    match &row.found {
+                        Found::NoFace => tally.skipped.add(format!("{}: no face found", p.uri)),
+                        Found::Error(reason) => tally.failed.add(reason.clone()),
+                        Found::Face { .. } => {}
+                    }
+                    rows.push(row.clone());
+                }
+                reused += 1;
+            }
+            let to_search: Vec<Picture> = to_search.into_iter().cloned().collect();
+            for batch in to_search.chunks(DECODE_BATCH) {
                 for (picture, decoded) in batch.iter().zip(loader.decode(batch)) {
                     let id = picture.image_id.clone();
                     let found = match decoded {
@@ -122,7 +151,8 @@ impl StageConfig for Detect {
             Ok(vec![vec![faces::batch(&rows)?]])
         })?;
         let (no_face, errors) = (ctx.tally.skipped.n, ctx.tally.failed.n);
-        ctx.report.push(format!("detect: {} pictures; {no_face} without a face, {errors} unreadable", pictures.len()));
+        let kept = if ctx.has_input("known_faces") { format!(" ({reused} unchanged ones kept their known faces)") } else { String::new() };
+        ctx.report.push(format!("detect: {} pictures{kept}; {no_face} without a face, {errors} unreadable", pictures.len()));
         Ok(())
     }
 }

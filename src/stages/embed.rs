@@ -12,6 +12,10 @@
 //!   with the alignment the model card names (see [`crate::face::align`]). Wire it with
 //!   `inputs = { images = "images", faces = "faces" }`. A picture without a face falls back to
 //!   `resize` (counted as skipped); the `crop` column says which was used.
+//!
+//! With `inputs.known_embeddings` (the same model's embeddings of the clean dataset, made the
+//! same way), a picture that is still the dataset's own file keeps its known embedding, and only
+//! the copies (cloaked, filtered) go through the model.
 
 use std::collections::HashMap;
 
@@ -24,18 +28,22 @@ use tch::Tensor;
 use crate::face::align::{Alignment, FaceGeometry};
 use crate::io::image::{DecodeLimits, resize, to_chw_f32};
 use crate::io::pictures::PictureLoader;
+use crate::learn::finetune::load_tuned;
+use crate::models::card::AlignmentName;
 use crate::models::{self, DeviceChoice, FaceModel};
 use crate::pipeline::{Chunks, Context, Kind, Slot, StageConfig, check, plan_from};
 use crate::tables::embeddings::{self, EMBEDDINGS};
 use crate::tables::faces::{self, FACES};
-use crate::tables::images;
+use crate::tables::images::{self, Picture};
+use crate::tables::tuned_models::{self, TUNED_MODELS};
 
 pub const KIND: Kind = Kind {
     name: "embed",
     summary: "embed every decodable picture with a face model (batched; CUDA when available)",
     inputs: &[Slot::new("images", images::ANY)],
-    optional_inputs: &[Slot::new("faces", &[FACES])],
+    optional_inputs: &[Slot::new("faces", &[FACES]), Slot::new("weights", &[TUNED_MODELS]), Slot::new("known_embeddings", &[EMBEDDINGS])],
     outputs: &[Slot::new("embeddings", &[EMBEDDINGS])],
+    labels: &["model", "alignment"],
     plan: plan_from::<Embed>,
 };
 
@@ -52,6 +60,11 @@ pub struct Embed {
     /// How a picture becomes the model input.
     #[serde(default)]
     pub input: InputMode,
+    /// With `input = "aligned"`: crop faces another way than the model card says (a trainer
+    /// that preprocesses faces its own way: `arcface`, `dlib_chip`, `facenet_crop`,
+    /// `loose_box`). Unset: the card's alignment.
+    #[serde(default)]
+    pub alignment: Option<AlignmentName>,
     #[serde(default)]
     pub limits: DecodeLimits,
     #[serde(default = "default_concurrency")]
@@ -85,6 +98,11 @@ fn default_part_size() -> usize {
 impl StageConfig for Embed {
     fn validate(&self) -> Result<(), String> {
         models::check_usable(&self.model).map_err(|e| format!("model = {:?}: {e}", self.model))?;
+        if let Some(name) = self.alignment {
+            check(self.input == InputMode::Aligned, "alignment", name.as_str(), "set only with input = \"aligned\"")?;
+            let card = models::card(&self.model).map_err(|e| format!("{e:#}"))?;
+            Alignment::new(name, card.input_size).map_err(|e| format!("alignment = {:?}: {e:#}", name.as_str()))?;
+        }
         check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")?;
         check(self.part_size >= 1, "part_size", self.part_size, "at least 1")?;
         check(self.concurrency >= 1, "concurrency", self.concurrency, "at least 1")?;
@@ -106,21 +124,42 @@ impl StageConfig for Embed {
 
     fn run(&self, ctx: &mut Context) -> Result<()> {
         let device = self.device.resolve()?;
-        let model = models::load(&self.model, device)?;
+        let model = match ctx.has_input("weights") {
+            false => models::load(&self.model, device)?,
+            true => {
+                let tuned = tuned_models::weights_of(&ctx.read("weights")?, &self.model)?;
+                ctx.log(&format!("{}: fine-tuned weights {}", self.model, tuned.weights_uri));
+                load_tuned(&self.model, &tuned.weights_uri, device)?
+            }
+        };
         let card = model.card().clone();
+        let crop_name = self.alignment.unwrap_or(card.alignment);
         let (faces, alignment) = match self.input {
             InputMode::Resize => (HashMap::new(), None),
             InputMode::Aligned if !ctx.has_input("faces") => bail!("input = \"aligned\" needs the faces table"),
-            InputMode::Aligned => (largest_faces(&ctx.read("faces")?)?, Some(Alignment::from_card(&card)?)),
+            InputMode::Aligned => (largest_faces(&ctx.read("faces")?)?, Some(Alignment::new(crop_name, card.input_size)?)),
         };
         ctx.log(&format!("{} on {device:?}, input {:?}", self.model, self.input));
         let pictures = images::ok_pictures(&ctx.read("images")?)?;
+        let unchanged = images::unchanged(&images::read(&ctx.read("images")?)?);
+        let known = self.known(ctx, card.output_dim)?;
         let mut loader = PictureLoader::new(self.limits.clone(), self.concurrency);
         let outputs = [("embeddings", embeddings::schema(card.output_dim))];
-        let crop_name = card.alignment.as_str();
+        let crop_name = crop_name.as_str();
+        let mut reused = 0;
         ctx.resumable(&pictures, &Chunks::even(pictures.len(), self.part_size), "images", &outputs, |chunk, tally| {
             let mut batches = Vec::new();
-            for batch in chunk.chunks(self.batch_size) {
+            let (kept, to_embed): (Vec<&Picture>, Vec<&Picture>) =
+                chunk.iter().partition(|p| unchanged.contains(&p.image_id) && known.contains_key(&p.image_id));
+            if !kept.is_empty() {
+                let ids: Vec<&str> = kept.iter().map(|p| p.image_id.as_str()).collect();
+                let crops: Vec<&str> = kept.iter().map(|p| known[&p.image_id].0.as_str()).collect();
+                let rows: Vec<Tensor> = kept.iter().map(|p| known[&p.image_id].1.shallow_clone()).collect();
+                batches.push(embeddings::batch(&self.model, &ids, &crops, &Tensor::stack(&rows, 0))?);
+                reused += kept.len();
+            }
+            let to_embed: Vec<Picture> = to_embed.into_iter().cloned().collect();
+            for batch in to_embed.chunks(self.batch_size) {
                 let mut decoded = Vec::new();
                 for (picture, result) in batch.iter().zip(loader.decode(batch)) {
                     match result {
@@ -148,8 +187,24 @@ impl StageConfig for Embed {
             Ok(vec![batches])
         })?;
         let skipped = if alignment.is_some() { format!(", {} without a detected face resized whole", ctx.tally.skipped.n) } else { String::new() };
-        ctx.report.push(format!("embed: {} pictures with {}{skipped} ({} failed to load)", pictures.len(), self.model, ctx.tally.failed.n));
+        let kept = if ctx.has_input("known_embeddings") { format!(", {reused} unchanged ones kept their known embedding") } else { String::new() };
+        ctx.report.push(format!("embed: {} pictures with {}{skipped}{kept} ({} failed to load)", pictures.len(), self.model, ctx.tally.failed.n));
         Ok(())
+    }
+}
+
+impl Embed {
+    /// The known embeddings of this model (image id -> crop, [D] features), if wired.
+    fn known(&self, ctx: &Context, dim: i64) -> Result<HashMap<String, (String, Tensor)>> {
+        if !ctx.has_input("known_embeddings") {
+            return Ok(HashMap::new());
+        }
+        let all = embeddings::read(&ctx.read("known_embeddings")?)?;
+        let Some(m) = all.into_iter().find(|m| m.model == self.model) else { bail!("inputs.known_embeddings holds no embeddings of {}", self.model) };
+        if m.features.size()[1] != dim {
+            bail!("inputs.known_embeddings: {} has dimension {}, the model {dim}", m.model, m.features.size()[1]);
+        }
+        Ok(m.ids.into_iter().zip(m.crops).enumerate().map(|(i, (id, crop))| (id, (crop, m.features.get(i as i64)))).collect())
     }
 }
 

@@ -33,6 +33,7 @@ pub const KIND: Kind = Kind {
     inputs: &[],
     optional_inputs: &[],
     outputs: &[Slot::new("images", &[IMAGES])],
+    labels: &[],
     plan: plan_from::<Ingest>,
 };
 

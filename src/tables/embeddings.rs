@@ -25,34 +25,40 @@ pub fn batch(model: &str, ids: &[&str], crops: &[&str], embeddings: &Tensor) -> 
     super::batch(EMBEDDINGS, Some(dim), columns)
 }
 
-/// One model's embeddings: the pictures and their [N, D] features, in table order.
+/// One model's embeddings: the pictures, how each was cropped and their [N, D] features, in
+/// table order.
 pub struct ModelEmbeddings {
     pub model: String,
     pub ids: Vec<String>,
+    pub crops: Vec<String>,
     pub features: Tensor,
 }
 
 /// Every model's embeddings in `batches`, sorted by model id.
 pub fn read(batches: &[RecordBatch]) -> Result<Vec<ModelEmbeddings>> {
-    let mut parts: std::collections::BTreeMap<String, (Vec<String>, Vec<f32>, i64)> = Default::default();
+    // model -> (ids, crops, values, dimension)
+    type Parts = (Vec<String>, Vec<String>, Vec<f32>, i64);
+    let mut parts: std::collections::BTreeMap<String, Parts> = Default::default();
     for batch in batches {
         let ids = column::<StringArray>(batch, "image_id")?;
+        let crops = column::<StringArray>(batch, "crop")?;
         let models = column::<StringArray>(batch, "model")?;
         let list = column::<FixedSizeListArray>(batch, "embedding")?;
         let dim = list.value_length() as usize;
         let values = list.values().as_any().downcast_ref::<Float32Array>().context("embedding values must be float32")?;
         for i in 0..batch.num_rows() {
-            let entry = parts.entry(models.value(i).to_owned()).or_insert_with(|| (vec![], vec![], dim as i64));
+            let entry = parts.entry(models.value(i).to_owned()).or_insert_with(|| (vec![], vec![], vec![], dim as i64));
             entry.0.push(ids.value(i).to_owned());
+            entry.1.push(crops.value(i).to_owned());
             let start = list.value_offset_at(i);
-            entry.1.extend_from_slice(&values.values()[start..start + dim]);
+            entry.2.extend_from_slice(&values.values()[start..start + dim]);
         }
     }
     Ok(parts
         .into_iter()
-        .map(|(model, (ids, flat, dim))| {
+        .map(|(model, (ids, crops, flat, dim))| {
             let n = ids.len() as i64;
-            ModelEmbeddings { model, ids, features: Tensor::from_slice(&flat).view([n, dim]) }
+            ModelEmbeddings { model, ids, crops, features: Tensor::from_slice(&flat).view([n, dim]) }
         })
         .collect())
 }

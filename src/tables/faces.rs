@@ -64,6 +64,36 @@ pub fn batch(rows: &[FaceRow]) -> Result<RecordBatch> {
     super::batch(FACES, None, columns)
 }
 
+/// Every row, grouped by picture (in table order).
+pub fn read_rows(batches: &[RecordBatch]) -> Result<HashMap<String, Vec<FaceRow>>> {
+    let mut out: HashMap<String, Vec<FaceRow>> = HashMap::new();
+    for b in batches {
+        let ids = column::<StringArray>(b, "image_id")?;
+        let (index, status, error, score) = (
+            column::<Int32Array>(b, "face_index")?,
+            column::<StringArray>(b, "status")?,
+            column::<StringArray>(b, "error")?,
+            column::<Float32Array>(b, "score")?,
+        );
+        let (boxes, marks) = (column::<FixedSizeListArray>(b, "box")?, column::<FixedSizeListArray>(b, "landmarks")?);
+        for i in 0..b.num_rows() {
+            let found = match status.value(i) {
+                "face" => {
+                    let (bx, l) = (list_values(boxes, i)?, list_values(marks, i)?);
+                    let face =
+                        Face { score: score.value(i), bbox: std::array::from_fn(|k| bx[k]), landmarks: std::array::from_fn(|k| [l[2 * k], l[2 * k + 1]]) };
+                    Found::Face { index: index.value(i), face }
+                }
+                "no_face" => Found::NoFace,
+                "error" => Found::Error(error.value(i).to_owned()),
+                other => bail!("faces: unknown status {other:?}"),
+            };
+            out.entry(ids.value(i).to_owned()).or_default().push(FaceRow { image_id: ids.value(i).to_owned(), found });
+        }
+    }
+    Ok(out)
+}
+
 /// Every face of every picture, in face_index order (largest first); pictures without a face
 /// have no entry.
 pub fn read(batches: &[RecordBatch]) -> Result<HashMap<String, Vec<FaceGeometry>>> {

@@ -1,6 +1,6 @@
 //! `images` (one row per file of the dataset, written by `ingest`) and the two tables with the
-//! same rows after some pictures were replaced by copies: `cloaked_images` (the `cloak` stage)
-//! and `reencoded_images` (the `reencode` stage). Later stages read any of the three wherever
+//! same rows after some pictures were replaced by copies: `cloaked_images` (the `cloak` and `mix`
+//! stages) and `filtered_images` (the `filter` stage). Later stages read any of the three wherever
 //! they read pictures.
 
 use std::collections::HashMap;
@@ -18,10 +18,10 @@ use crate::io::pictures::Source;
 pub const IMAGES: &str = "images";
 /// The schema written by `cloak`.
 pub const CLOAKED: &str = "cloaked_images";
-/// The schema written by `reencode`.
-pub const REENCODED: &str = "reencoded_images";
+/// The schema written by `filter`.
+pub const FILTERED: &str = "filtered_images";
 /// Every schema a stage that reads pictures accepts.
-pub const ANY: &[&str] = &[IMAGES, CLOAKED, REENCODED];
+pub const ANY: &[&str] = &[IMAGES, CLOAKED, FILTERED];
 
 /// Whether a file decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +198,11 @@ impl Source for Picture {
 /// The pictures whose status is ok, in table order.
 pub fn ok_pictures(batches: &[RecordBatch]) -> Result<Vec<Picture>> {
     read(batches)?.iter().filter(|r| r.status == Status::Ok).map(ImageRow::picture).collect()
+}
+
+/// The ids of the rows whose picture is the dataset's own file (not a copy made by a stage).
+pub fn unchanged(rows: &[ImageRow]) -> std::collections::HashSet<String> {
+    rows.iter().filter(|r| r.uri == r.original_uri).map(|r| r.image_id.clone()).collect()
 }
 
 /// The image id -> identity map of batches of any of the three tables.

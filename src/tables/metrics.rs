@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 
 use super::{column, opt_strings, rows, strings};
 
@@ -18,6 +18,9 @@ pub struct Metric {
     /// None: the overall row.
     pub identity: Option<String>,
     pub protected: Option<bool>,
+    /// Accuracy counts a test picture right when its identity ranks within the top k (1: the
+    /// prediction is right).
+    pub top_k: i32,
     pub n_test: i64,
     pub accuracy: f64,
 }
@@ -35,6 +38,7 @@ pub fn batch(rows: &[Metric]) -> Result<RecordBatch> {
         strings(rows.iter().map(|r| &r.model)),
         opt_strings(rows.iter().map(|r| r.identity.as_deref())),
         Arc::new(rows.iter().map(|r| r.protected).collect::<BooleanArray>()),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.top_k))),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.n_test))),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.accuracy))),
         Arc::new(rows.iter().map(|r| r.protection_rate()).collect::<Float64Array>()),
@@ -51,6 +55,7 @@ pub fn read(batches: &[RecordBatch]) -> Result<Vec<Metric>> {
                 model: column::<StringArray>(b, "model")?.value(i).to_owned(),
                 identity: who.is_valid(i).then(|| who.value(i).to_owned()),
                 protected: protected.is_valid(i).then(|| protected.value(i)),
+                top_k: column::<Int32Array>(b, "top_k")?.value(i),
                 n_test: column::<Int64Array>(b, "n_test")?.value(i),
                 accuracy: column::<Float64Array>(b, "accuracy")?.value(i),
             })

@@ -11,12 +11,16 @@
 
 pub mod cloak_shifts;
 pub mod cloaks;
+pub mod clusters;
+pub mod detections;
 pub mod embeddings;
 pub mod faces;
 pub mod images;
 pub mod metrics;
 pub mod predictions;
+pub mod results;
 pub mod splits;
+pub mod tuned_models;
 pub mod verification;
 
 use std::{collections::HashMap, sync::Arc, sync::OnceLock};
@@ -58,7 +62,7 @@ pub struct Column {
 const SCHEMA_FILES: &[(&str, &str)] = &[
     ("images", include_str!("../../schemas/images.toml")),
     ("cloaked_images", include_str!("../../schemas/cloaked_images.toml")),
-    ("reencoded_images", include_str!("../../schemas/reencoded_images.toml")),
+    ("filtered_images", include_str!("../../schemas/filtered_images.toml")),
     ("splits", include_str!("../../schemas/splits.toml")),
     ("faces", include_str!("../../schemas/faces.toml")),
     ("embeddings", include_str!("../../schemas/embeddings.toml")),
@@ -67,6 +71,12 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
     ("verification", include_str!("../../schemas/verification.toml")),
     ("cloaks", include_str!("../../schemas/cloaks.toml")),
     ("cloak_shifts", include_str!("../../schemas/cloak_shifts.toml")),
+    ("tuned_models", include_str!("../../schemas/tuned_models.toml")),
+    ("detections", include_str!("../../schemas/detections.toml")),
+    ("detection_metrics", include_str!("../../schemas/detection_metrics.toml")),
+    ("clusters", include_str!("../../schemas/clusters.toml")),
+    ("cluster_metrics", include_str!("../../schemas/cluster_metrics.toml")),
+    ("results", include_str!("../../schemas/results.toml")),
 ];
 
 /// The documented schema called `name`, with the columns of the schema it is based on first.

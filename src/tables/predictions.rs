@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, BooleanArray, Int32Array, RecordBatch, StringArray};
 
 use super::{column, rows, strings};
 
@@ -17,6 +17,8 @@ pub struct Prediction {
     pub model: String,
     pub identity: String,
     pub predicted: String,
+    /// Where the true identity stood among all identities by the classifier's score (1 = best).
+    pub rank: i32,
 }
 
 impl Prediction {
@@ -33,6 +35,7 @@ pub fn batch(rows: &[Prediction]) -> Result<RecordBatch> {
         strings(rows.iter().map(|r| &r.identity)),
         strings(rows.iter().map(|r| &r.predicted)),
         Arc::new(rows.iter().map(|r| Some(r.correct())).collect::<BooleanArray>()),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.rank))),
     ];
     super::batch(PREDICTIONS, None, columns)
 }
@@ -41,7 +44,14 @@ pub fn read(batches: &[RecordBatch]) -> Result<Vec<Prediction>> {
     rows(batches)
         .map(|(b, i)| {
             let s = |name| column::<StringArray>(b, name).map(|c| c.value(i).to_owned());
-            Ok(Prediction { image_id: s("image_id")?, classifier: s("classifier")?, model: s("model")?, identity: s("identity")?, predicted: s("predicted")? })
+            Ok(Prediction {
+                image_id: s("image_id")?,
+                classifier: s("classifier")?,
+                model: s("model")?,
+                identity: s("identity")?,
+                predicted: s("predicted")?,
+                rank: column::<Int32Array>(b, "rank")?.value(i),
+            })
         })
         .collect()
 }
