@@ -94,6 +94,18 @@ impl Probe {
         Ok(Probe { mean, std, layer, _vs: vs, device })
     }
 
+    /// The probe as one linear layer on raw features: (weight [C, D], bias [C]) with the
+    /// standardisation folded in, so that `x W^T + b` equals [`Probe::logits`].
+    pub fn folded(&self) -> (Tensor, Tensor) {
+        tch::no_grad(|| {
+            let std = self.std.to_device(Device::Cpu);
+            let mean = self.mean.to_device(Device::Cpu);
+            let weight = self.layer.ws.to_device(Device::Cpu) / &std;
+            let bias = self.layer.bs.as_ref().expect("the probe's layer has a bias").to_device(Device::Cpu) - mean.matmul(&weight.tr()).squeeze_dim(0);
+            (weight, bias)
+        })
+    }
+
     /// Class logits [N, C] of `features`.
     pub fn logits(&self, features: &Tensor) -> Tensor {
         tch::no_grad(|| ((features.to_device(self.device) - &self.mean) / &self.std).apply(&self.layer)).to_device(Device::Cpu)
@@ -140,6 +152,16 @@ mod tests {
         assert!(nn.iter().zip(&test.labels).all(|(g, &t)| g.class == t && g.rank == 1));
         let probe = linear_probe(&train, &test, 2, &ProbeConfig::default(), Device::Cpu).unwrap();
         assert!(probe.iter().zip(&test.labels).all(|(g, &t)| g.class == t && g.rank == 1));
+    }
+
+    #[test]
+    fn the_folded_probe_gives_the_same_logits() {
+        let train = blobs(40, 3);
+        let probe = Probe::fit(&train, 2, &ProbeConfig::default(), Device::Cpu).unwrap();
+        let (weight, bias) = probe.folded();
+        let folded = train.features.matmul(&weight.tr()) + bias;
+        let diff = (folded - probe.logits(&train.features)).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{diff}");
     }
 
     #[test]
