@@ -483,7 +483,9 @@ fn expand(templates: Vec<(String, toml::Table)>, kinds: &[Kind]) -> Failed<Vec<S
             for (n, r) in refs.iter().enumerate() {
                 let source = &table_cells[&r.table];
                 if r.gather == Gather::None {
-                    inherit_tags(&t.name, &mut tags, &source.tags)?;
+                    // A tag the stage sets itself settles what its inputs disagree on.
+                    let inherited: Vec<(String, String)> = source.tags.iter().filter(|(k, _)| !t.tags.iter().any(|(own, _)| own == k)).cloned().collect();
+                    inherit_tags(&t.name, &mut tags, &inherited)?;
                 }
                 let gathered: Vec<String> = match &r.gather {
                     Gather::None => vec![],
@@ -588,7 +590,8 @@ fn parse_tags(stage: &str, value: Option<toml::Value>) -> Failed<Vec<(String, St
         .collect()
 }
 
-/// Adds the tags of a table a stage reads; two tables that disagree on a tag are an error.
+/// Adds the tags of a table a stage reads; two tables that disagree on a tag are an error
+/// (unless the stage sets that tag itself).
 fn inherit_tags(stage: &str, tags: &mut Vec<(String, String)>, from: &[(String, String)]) -> Failed<()> {
     for (key, value) in from {
         match tags.iter().find(|(k, _)| k == key) {
@@ -733,6 +736,17 @@ mod tests {
         assert_eq!(labels("embed-a"), [("model".into(), "a".into()), ("dataset".into(), "fixture".into()), ("defender".into(), "oblivious".into())]);
         assert!(labels("all").is_empty(), "a gather does not inherit the gathered tables' tags");
         assert!(spec.stages[1].config.get("tags").is_none());
+    }
+
+    #[test]
+    fn inputs_that_disagree_on_a_tag_need_the_stage_to_settle_it() {
+        let base = "[pipeline]\nname = 't'\n[stages.a]\nkind = 'source'\ntags = { protocol = 'x' }\n\
+            [stages.b]\nkind = 'source'\noutputs = { images = 'other' }\ntags = { protocol = 'y' }\n\
+            [stages.both]\nkind = 'map'\ninputs = { images = ['images', 'other'] }\n";
+        let e = parse(base, &[], KINDS).unwrap_err();
+        assert!(e.0.contains("stage both reads tables tagged protocol = x and protocol = y"), "{e}");
+        let spec = parse(&format!("{base}tags = {{ protocol = 'z' }}\n"), &[], KINDS).unwrap();
+        assert_eq!(spec.stages[2].labels, [("protocol".into(), "z".into())]);
     }
 
     #[test]
