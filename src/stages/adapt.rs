@@ -122,6 +122,7 @@ impl StageConfig for Adapt {
             steps: (schedule.epochs * schedule.steps_per_epoch) as i64,
             pictures: crops.len() as i64,
             identities: public.len() as i64,
+            trained_identities: public.join(","),
             final_loss: tuned.losses.last().copied().unwrap_or(f64::NAN),
             resumed_after_epoch: tuned.resumed_after.map(|e| e as i32),
         };

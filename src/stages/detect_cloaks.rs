@@ -127,6 +127,11 @@ impl StageConfig for DetectCloaks {
         let (train_labels, train_rows) = ctx.read_labelled("cloaked_images")?.into_iter().next().expect("one table in a non-gathered slot");
         let trained_on = cells(&train_labels);
         let train = training_set(&clean, &images::read(&train_rows)?, &splits)?;
+        let train_identities: Vec<String> =
+            train.pictures.iter().map(|(p, _)| p.identity.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        if let Some(who) = train_identities.iter().find(|who| !splits.public.contains(*who)) {
+            bail!("{who}: an evaluated identity's picture would train the detector");
+        }
         let tests: Vec<(Labels, Vec<ImageRow>)> = match ctx.has_input("test_cloaked") {
             true => ctx.read_labelled("test_cloaked")?.into_iter().map(|(l, b)| Ok((l, images::read(&b)?))).collect::<Result<_>>()?,
             false => vec![(train_labels.clone(), images::read(&train_rows)?)],
@@ -155,6 +160,7 @@ impl StageConfig for DetectCloaks {
                     trained_on: trained_on.clone(),
                     tested_on: set.name.clone(),
                     train_pictures: scorer.trained_on as i64,
+                    train_identities: train_identities.join(","),
                     n_cloaked: pos.len() as i64,
                     n_clean: neg.len() as i64,
                     auc: if pos.is_empty() || neg.is_empty() { f64::NAN } else { auc(&pos, &neg) },

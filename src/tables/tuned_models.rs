@@ -18,6 +18,7 @@ pub struct TunedModel {
     pub steps: i64,
     pub pictures: i64,
     pub identities: i64,
+    pub trained_identities: String,
     pub final_loss: f64,
     pub resumed_after_epoch: Option<i32>,
 }
@@ -30,6 +31,7 @@ pub fn batch(rows: &[TunedModel]) -> Result<RecordBatch> {
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.steps))),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.pictures))),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.identities))),
+        strings(rows.iter().map(|r| &r.trained_identities)),
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.final_loss))),
         Arc::new(rows.iter().map(|r| r.resumed_after_epoch).collect::<Int32Array>()),
     ];
@@ -47,6 +49,7 @@ pub fn read(batches: &[RecordBatch]) -> Result<Vec<TunedModel>> {
                 steps: column::<Int64Array>(b, "steps")?.value(i),
                 pictures: column::<Int64Array>(b, "pictures")?.value(i),
                 identities: column::<Int64Array>(b, "identities")?.value(i),
+                trained_identities: column::<StringArray>(b, "trained_identities")?.value(i).to_owned(),
                 final_loss: column::<Float64Array>(b, "final_loss")?.value(i),
                 resumed_after_epoch: resumed.is_valid(i).then(|| resumed.value(i)),
             })
