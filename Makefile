@@ -11,7 +11,7 @@ export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
 BIN := $(CARGO_TARGET_DIR)/release/cloakbench
-PIPELINE ?= pipelines/baseline.toml
+PIPELINE ?= pipelines/study_demo.toml
 
 .PHONY: setup build lint demo test bench bench-zoo lpips clean-runs
 
@@ -21,7 +21,7 @@ setup:
 build: setup
 	cargo build --release --locked
 
-## Run the default pipeline (extra flags: make demo ARGS="--set ingest.dataset=/my/photos").
+## Run the demo study (another pipeline: make demo PIPELINE=pipelines/baseline.toml ARGS="--set ingest.dataset=/my/photos").
 demo: build
 	$(BIN) run $(PIPELINE) $(ARGS)
 

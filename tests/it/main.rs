@@ -16,6 +16,7 @@ mod plan_errors;
 mod resume;
 mod robustness;
 mod s3;
+mod study;
 mod user_models;
 
 use std::path::{Path, PathBuf};
