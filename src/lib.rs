@@ -7,6 +7,7 @@
 //! | layer | modules | role |
 //! |-------|---------|------|
 //! | the binary | [`cli`], [`commands`] | flags in, one function per command, an exit code out |
+//! | report | [`report`] | a run's tables as one HTML page: plots, sortable tables, before/after pictures |
 //! | stages | [`stages`] | the registry, and one module per stage kind: its configuration, work and tests |
 //! | core | [`pipeline`] | parse, validate into a typed plan, order, fingerprint, run, resume in chunks |
 //! | shared parts | [`tables`], [`attack`] | one module per table; the one attack engine and its methods |
@@ -26,6 +27,7 @@ pub mod learn;
 pub mod models;
 pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod rng;
 pub mod runtime;
 pub mod stages;

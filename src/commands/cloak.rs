@@ -35,6 +35,8 @@ pub struct Request {
     pub seed: i64,
     pub device: String,
     pub quiet: bool,
+    /// Also write a before/after page of the pictures cloaked (`cloakbench-report/index.html`).
+    pub report: bool,
 }
 
 pub fn run(req: &Request) -> Result<ExitCode> {
@@ -56,6 +58,7 @@ pub fn run(req: &Request) -> Result<ExitCode> {
     info(req.quiet, &format!("cloak: {} pictures, {} {mode}, ensemble {ensemble:?}", pictures.len(), req.method.name()));
     let mut progress = Progress::new("cloak", pictures.len() as u64, "pictures", req.quiet);
     let (mut with_faces, mut failures) = (0, 0);
+    let mut cloaked_files = Vec::new();
     for chunk in pictures.chunks(req.batch_size.max(1)) {
         let mut targets = Vec::new();
         let mut paths = Vec::new();
@@ -83,6 +86,7 @@ pub fn run(req: &Request) -> Result<ExitCode> {
                 let out = output_path(path, req.out.as_deref(), req.format);
                 write_atomically(&out, &cloaker::encode(&rgb, req.format, req.jpeg_quality)?)?;
                 with_faces += 1;
+                cloaked_files.push((path.to_path_buf(), out.clone(), dssim));
                 info(
                     req.quiet,
                     &format!("cloak: {} -> {} ({} faces, DSSIM {dssim:.4}, PSNR {:.1} dB)", path.display(), out.display(), target.faces.len(), q.psnr),
@@ -97,7 +101,17 @@ pub fn run(req: &Request) -> Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     println!("cloaked {with_faces} of {} pictures ({failures} could not be read)", pictures.len());
+    if req.report && !cloaked_files.is_empty() {
+        let dir = report_dir(req, &cloaked_files[0].1);
+        println!("report: {}", crate::report::write_cloaked(&cloaked_files, &dir)?);
+    }
     Ok(if failures > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Where `--report` writes: beside the outputs (`--out`, else the first cloaked picture's folder).
+fn report_dir(req: &Request, first_output: &Path) -> PathBuf {
+    let base = req.out.clone().unwrap_or_else(|| first_output.parent().map(Path::to_path_buf).unwrap_or_default());
+    base.join("cloakbench-report")
 }
 
 /// The clean embeddings of every face in the batch (the anti-clustering goal's cluster).
@@ -145,7 +159,8 @@ fn collect(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
         let path = entry?.path();
         if path.is_dir() {
-            if recursive {
+            // A report written by `--report` shows pictures; they are not the person's photos.
+            if recursive && path.file_name().is_none_or(|n| n != "cloakbench-report") {
                 collect(&path, true, out)?;
             }
         } else {

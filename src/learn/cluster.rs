@@ -11,6 +11,26 @@ use tch::{Device, Kind, Tensor};
 use crate::models::l2_normalise;
 use crate::rng::Rng;
 
+/// The rows of `x` [N, D], L2-normalised and centred, on their first two principal axes: a
+/// 2-D view of what was clustered. Each axis's sign is fixed (its largest coordinate positive),
+/// so the picture does not flip between runs or machines.
+pub fn project_2d(x: &Tensor) -> Vec<[f32; 2]> {
+    let x = l2_normalise(&x.to_kind(Kind::Double).to_device(Device::Cpu));
+    let n = x.size()[0];
+    if n == 0 {
+        return Vec::new();
+    }
+    let centred = &x - x.mean_dim([0i64].as_slice(), true, Kind::Double);
+    let (_, _, v) = centred.svd(true, true);
+    let axes = v.transpose(0, 1);
+    let axes = axes.narrow(0, 0, axes.size()[0].min(2));
+    let signs = axes.gather(1, &axes.abs().argmax(1, true), false).sign();
+    let projected = centred.matmul(&(axes * signs).transpose(0, 1));
+    let values = Vec::<f64>::try_from(projected.flatten(0, -1)).expect("coordinates");
+    let width = values.len() / n as usize;
+    (0..n as usize).map(|i| [values[i * width] as f32, if width > 1 { values[i * width + 1] as f32 } else { 0.0 }]).collect()
+}
+
 /// k-means on the rows of `x` [N, D] (cosine: rows are L2-normalised first); a cluster per row.
 pub fn kmeans(x: &Tensor, k: usize, seed: u64, restarts: usize, iterations: usize) -> Vec<usize> {
     let x = l2_normalise(&x.to_kind(Kind::Float).to_device(Device::Cpu));
@@ -197,6 +217,26 @@ pub fn own_cluster(clusters: &[usize], labels: &[usize], who: usize) -> (usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_projection_puts_two_groups_apart_on_its_first_axis() {
+        // Two groups of embeddings near two different directions, with a little spread.
+        let rows: Vec<f32> = (0..20)
+            .flat_map(|i| {
+                let wobble = (i % 5) as f32 * 0.01;
+                if i < 10 { [1.0, 0.0, wobble, 0.0] } else { [0.0, 1.0, 0.0, wobble] }
+            })
+            .collect();
+        let p = project_2d(&Tensor::from_slice(&rows).view([20, 4]));
+        assert_eq!(p.len(), 20);
+        let (a, b): (Vec<_>, Vec<_>) = p.iter().enumerate().partition(|(i, _)| *i < 10);
+        let side = |g: &[(usize, &[f32; 2])]| g.iter().map(|(_, q)| q[0].signum()).sum::<f32>();
+        assert_eq!(side(&a).abs(), 10.0, "{p:?}");
+        assert_eq!(side(&a), -side(&b), "{p:?}");
+        let gap = p[0][0] - p[10][0];
+        assert!(gap.abs() > 1.0, "{p:?}");
+        assert!(p.iter().all(|q| q[1].abs() < 0.1), "{p:?}");
+    }
 
     /// Three tight groups of directions, the noise drawn from our own seeded stream.
     fn groups(seed: u64) -> (Tensor, Vec<usize>) {

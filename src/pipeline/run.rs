@@ -9,7 +9,7 @@
 //! when both match and its tables exist, and still counts the items it failed on. The run's
 //! manifest, `_run.json`, lists every stage with its fingerprint, labels, tables and tally.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
@@ -44,7 +44,11 @@ pub struct StageOutcome {
     /// false: up to date, skipped.
     pub ran: bool,
     pub seconds: f64,
+    /// Tables read, by slot (what the report draws the run's wiring from).
+    pub inputs: BTreeMap<String, Vec<String>>,
     pub outputs: Vec<String>,
+    /// The typed configuration, defaults filled in (as fingerprinted).
+    pub config: serde_json::Value,
     pub tally: Tally,
 }
 
@@ -116,7 +120,9 @@ fn run_stage(
         fingerprint: fingerprint.clone(),
         ran,
         seconds,
+        inputs: stage.inputs.clone(),
         outputs: stage.outputs.values().cloned().collect(),
+        config: stage.stage.describe(),
         tally,
     };
     if !options.force

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::learn::cluster::{agglomerative, kmeans, nmi, own_cluster, purity};
+use crate::learn::cluster::{agglomerative, kmeans, nmi, own_cluster, project_2d, purity};
 use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
 use crate::tables::clusters::{self, Assignment, CLUSTER_METRICS, CLUSTERS, ClusterMetric};
 use crate::tables::embeddings::{self, EMBEDDINGS};
@@ -92,6 +92,7 @@ impl StageConfig for Cluster {
             }
             let x = m.features.index_select(0, &Tensor::from_slice(&rows.iter().map(|r| r.0 as i64).collect::<Vec<_>>()));
             let labels: Vec<usize> = rows.iter().map(|r| r.2).collect();
+            let positions = project_2d(&x);
             let k = identities.len();
             for &algorithm in &self.algorithms {
                 let found = match algorithm {
@@ -132,12 +133,13 @@ impl StageConfig for Cluster {
                     .collect();
                 ctx.report.push(format!("cluster: {} {}: purity {p:.3}, NMI {n:.3}; {}", m.model, algorithm.name(), protected_own.join(", ")));
                 metrics.push(base);
-                assignments.extend(rows.iter().zip(&found).map(|((_, id, l), &c)| Assignment {
+                assignments.extend(rows.iter().zip(&found).zip(&positions).map(|(((_, id, l), &c), &p)| Assignment {
                     image_id: id.to_string(),
                     identity: identities[*l].clone(),
                     model: m.model.clone(),
                     algorithm: algorithm.name().into(),
                     cluster: c as i32,
+                    position: Some(p),
                 }));
             }
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 
 use super::{column, opt_strings, rows, strings};
 
@@ -51,6 +51,34 @@ pub fn batch(rows: &[CloakRow]) -> Result<RecordBatch> {
         strings(rows.iter().map(|r| &r.notes)),
     ];
     super::batch(CLOAKS, None, columns)
+}
+
+/// Every cloaked face.
+pub fn read(batches: &[RecordBatch]) -> Result<Vec<CloakRow>> {
+    rows(batches)
+        .map(|(b, i)| {
+            let s = |name| column::<StringArray>(b, name).map(|c| c.value(i).to_owned());
+            let f = |name| column::<Float64Array>(b, name).map(|c| c.value(i));
+            let target = column::<StringArray>(b, "target")?;
+            Ok(CloakRow {
+                image_id: s("image_id")?,
+                face_index: column::<Int32Array>(b, "face_index")?.value(i),
+                method: s("method")?,
+                mode: s("mode")?,
+                ensemble: s("ensemble")?,
+                steps: column::<Int32Array>(b, "steps")?.value(i),
+                seed: column::<Int64Array>(b, "seed")?.value(i),
+                dssim: f("dssim")?,
+                psnr: f("psnr")?,
+                linf: f("linf")?,
+                l2: f("l2")?,
+                within_budget: column::<BooleanArray>(b, "within_budget")?.value(i),
+                seconds: f("seconds")?,
+                target: target.is_valid(i).then(|| target.value(i).to_owned()),
+                notes: s("notes")?,
+            })
+        })
+        .collect()
 }
 
 /// The image ids of the cloaked faces, and each row's (dssim, psnr, linf, seconds), in order.

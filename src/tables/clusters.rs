@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use arrow_array::{Array, ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 
 use super::{column, opt_strings, rows, strings};
 
@@ -19,6 +19,8 @@ pub struct Assignment {
     pub model: String,
     pub algorithm: String,
     pub cluster: i32,
+    /// The picture on the first two principal axes of what was clustered (None in old tables).
+    pub position: Option<[f32; 2]>,
 }
 
 pub fn batch(rows: &[Assignment]) -> Result<RecordBatch> {
@@ -28,8 +30,29 @@ pub fn batch(rows: &[Assignment]) -> Result<RecordBatch> {
         strings(rows.iter().map(|r| &r.model)),
         strings(rows.iter().map(|r| &r.algorithm)),
         Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.cluster))),
+        Arc::new(rows.iter().map(|r| r.position.map(|p| p[0])).collect::<Float32Array>()),
+        Arc::new(rows.iter().map(|r| r.position.map(|p| p[1])).collect::<Float32Array>()),
     ];
     super::batch(CLUSTERS, None, columns)
+}
+
+/// Every assignment; tables written before the projection columns existed read with no position.
+pub fn read(batches: &[RecordBatch]) -> Result<Vec<Assignment>> {
+    rows(batches)
+        .map(|(b, i)| {
+            let text = |name| column::<StringArray>(b, name).map(|c| c.value(i).to_owned());
+            let coordinate =
+                |name| b.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<Float32Array>()).filter(|c| c.is_valid(i)).map(|c| c.value(i));
+            Ok(Assignment {
+                image_id: text("image_id")?,
+                identity: text("identity")?,
+                model: text("model")?,
+                algorithm: text("algorithm")?,
+                cluster: column::<Int32Array>(b, "cluster")?.value(i),
+                position: coordinate("x").zip(coordinate("y")).map(|(x, y)| [x, y]),
+            })
+        })
+        .collect()
 }
 
 /// An overall row (identity None: purity and NMI) or an identity's row (recall, precision).

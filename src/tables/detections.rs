@@ -38,6 +38,26 @@ pub fn batch(rows: &[Detection]) -> Result<RecordBatch> {
     super::batch(DETECTIONS, None, columns)
 }
 
+/// Every picture's score.
+pub fn read(batches: &[RecordBatch]) -> Result<Vec<Detection>> {
+    rows(batches)
+        .map(|(b, i)| {
+            let s = |name| column::<StringArray>(b, name).map(|c| c.value(i).to_owned());
+            let flag = |name| column::<BooleanArray>(b, name).map(|c| c.value(i));
+            Ok(Detection {
+                image_id: s("image_id")?,
+                identity: s("identity")?,
+                detector: s("detector")?,
+                trained_on: s("trained_on")?,
+                tested_on: s("tested_on")?,
+                cloaked: flag("cloaked")?,
+                score: column::<Float64Array>(b, "score")?.value(i),
+                flagged: flag("flagged")?,
+            })
+        })
+        .collect()
+}
+
 /// One detector on one pair of cloaks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectionMetric {

@@ -29,9 +29,16 @@ fn baseline_runs_end_to_end_and_reruns_only_what_changed() {
     assert_eq!(manifest["failed"], 0);
     assert_eq!(manifest["stages"].as_array().unwrap().len(), 5);
 
-    // Nothing changed: every stage is skipped.
-    let again = text(&cloakbench(&args, &[]).stderr);
-    assert_eq!(again.matches("up to date, skipped").count(), 5, "{again}");
+    // Nothing changed: every stage is skipped; --report writes the run's page, which holds the
+    // sections a baseline run has tables for (and no others) and opens in a browser.
+    let again = cloakbench(&[&args[..], &["--report"]].concat(), &[]);
+    let log = text(&again.stderr);
+    assert_eq!(log.matches("up to date, skipped").count(), 5, "{log}");
+    assert!(text(&again.stdout).contains("report: "), "{}", text(&again.stdout));
+    let figures = crate::check_in_browser(&runs.join("baseline/report/index.html"), "baseline", &["run", "accuracy"]);
+    assert_eq!(figures["sections"], serde_json::json!(["run", "accuracy"]), "{figures}");
+    let page = std::fs::read_to_string(runs.join("baseline/report/index.html")).unwrap();
+    assert!(page.contains("dlib_resnet29_150") && page.contains("FaceScrub"), "the model and its card's training set");
 
     // A new split seed reruns split and what depends on it, not ingest or embed.
     let reseeded = [&args[..], &["--set", "split.seed=1"]].concat();

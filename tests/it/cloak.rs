@@ -110,10 +110,16 @@ fn the_cloak_command_protects_a_folder_and_keeps_the_originals() {
     let bin = env!("CARGO_BIN_EXE_cloakbench");
     let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
 
-    let out = run(&["cloak", dir.to_str().unwrap(), "--mode", "low", "--quiet"]);
+    let out = run(&["cloak", dir.to_str().unwrap(), "--mode", "low", "--quiet", "--report"]);
     assert!(out.status.success(), "{}", crate::text(&out.stderr));
     let cloaked = dir.join("me_cloaked.png");
     assert!(cloaked.exists());
+    // --report: the picture beside its cloaked copy and the difference, as the person will see it.
+    let page = dir.join("cloakbench-report/index.html");
+    assert!(crate::text(&out.stdout).contains("cloakbench-report/index.html"), "{}", crate::text(&out.stdout));
+    let figures = crate::check_in_browser(&page, "cloak", &["pictures"]);
+    assert_eq!(figures["images"], 3, "{figures}");
+    assert!(std::fs::read_to_string(&page).unwrap().contains("PSNR"));
     assert_eq!(std::fs::read(dir.join("me.jpg")).unwrap(), original, "the original was changed");
     let a = cloakbench::io::image::decode(&original, &Default::default()).unwrap().rgb;
     let b = cloakbench::io::image::decode(&std::fs::read(&cloaked).unwrap(), &Default::default()).unwrap().rgb;

@@ -90,3 +90,40 @@ pub fn copy_dataset(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Installs Chromium (and the font the report's plots are drawn with) when missing: Debian's
+/// packages, through apt-get as root or with passwordless sudo. The tests that open reports
+/// need a real browser.
+pub fn ensure_chromium() {
+    let have = |bin: &str| Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success());
+    if have("chromium") && Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
+        return;
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| text(&o.stdout).trim() == "0");
+    let apt = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core";
+    let script = if root { apt.to_string() } else { format!("sudo -n sh -c '{apt}'") };
+    let out = Command::new("sh").args(["-c", &script]).output().expect("run apt-get");
+    assert!(out.status.success() && have("chromium"), "could not install chromium (Debian package `chromium`): {}{}", text(&out.stdout), text(&out.stderr));
+}
+
+/// Opens a report page in headless Chromium (tests/python/check_report.py): no console error,
+/// every picture and plot loads, every section in `sections` is there, tables sort. Saves a
+/// screenshot under <tmp>/cloakbench-screenshots/<name>.png and returns the checker's figures.
+pub fn check_in_browser(page: &Path, name: &str, sections: &[&str]) -> serde_json::Value {
+    ensure_chromium();
+    let shots = std::env::temp_dir().join("cloakbench-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let shot = shots.join(format!("{name}.png"));
+    let out = Command::new(python())
+        .arg(repo().join("tests/python/check_report.py"))
+        .args([page.to_str().unwrap(), shot.to_str().unwrap(), &sections.join(",")])
+        .output()
+        .expect("run check_report.py");
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{} in Chromium:\n{all}", page.display());
+    let figures: serde_json::Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    let png = image::open(&shot).expect("a screenshot");
+    assert!(png.width() >= 1000 && png.height() >= 500, "screenshot {}x{}", png.width(), png.height());
+    eprintln!("{name}: {figures} (screenshot {})", shot.display());
+    figures
+}

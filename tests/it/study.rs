@@ -10,13 +10,10 @@ use crate::{cloakbench, python, scratch, shared, text};
 
 const TINY: &str = "{epochs=2,steps_per_epoch=6,batch_size=8,learning_rate=1e-4,head_learning_rate=1e-3,weight_decay=0.0,flip=true,balanced=true,seed=0}";
 
-/// The study demo with a short cloak, a short adaptive schedule, a detector, clustering, an
-/// end-to-end classifier, a purifier and a clean chain beside it.
+/// The study demo (which has a detector and clustering) with a short cloak, a short adaptive
+/// schedule, an end-to-end classifier, a purifier and a clean chain beside it.
 fn small_grid(dir: &Path) -> String {
-    let extra = "\n[stages.detect_cloaks]\nkind = 'detect_cloaks'\ndetectors = ['residual_probe']\n\
-        inputs = { images = 'images', cloaked_images = 'cloaked_images', faces = 'faces', splits = 'splits' }\n\
-        [stages.cluster]\nkind = 'cluster'\ninputs = { embeddings = 'embeddings', splits = 'splits' }\n\
-        [stages.purify]\nkind = 'filter'\npurifier = 'median3'\ninputs = { images = 'scraped_images', splits = 'splits' }\noutputs = { filtered_images = 'purified' }\n\
+    let extra = "\n[stages.purify]\nkind = 'filter'\npurifier = 'median3'\ninputs = { images = 'scraped_images', splits = 'splits' }\noutputs = { filtered_images = 'purified' }\n\
         [stages.finetune_clean]\nkind = 'finetune'\nmodel = 'dlib_resnet29_150'\ninputs = { images = 'images', faces = 'faces', splits = 'splits' }\noutputs = { predictions = 'clean_e2e' }\n\
         [stages.evaluate_clean_e2e]\nkind = 'evaluate'\nreport = false\ninputs = { predictions = 'clean_e2e', splits = 'splits' }\noutputs = { metrics = 'clean_e2e_metrics' }\n\
         [stages.classify_clean]\nkind = 'classify'\ninputs = { splits = 'splits', embeddings = 'clean_embeddings' }\noutputs = { predictions = 'clean_predictions' }\n\
@@ -90,5 +87,18 @@ print("ok")
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     eprintln!("{}", text(&out.stdout));
     crate::python_check("check_tables.py", &[root.join("study_demo").to_str().unwrap()], &[]);
+
+    // The report of the grid: every section, every plot and picture, in a real browser.
+    let run = root.join("study_demo");
+    let out = cloakbench(&["report", run.to_str().unwrap(), "--quiet"], &[]);
+    assert!(text(&out.stdout).contains("report/index.html"), "{}", text(&out.stdout));
+    let page = run.join("report/index.html");
+    let figures = crate::check_in_browser(&page, "study", &["run", "results", "timeline", "quality", "detection", "clustering", "pictures"]);
+    assert!(figures["plots"].as_u64().unwrap() >= 8 && figures["images"].as_u64().unwrap() >= 3, "{figures}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    for reach in ["src=\"http", "href=\"http", "url(http", "<script src", "<link "] {
+        assert!(!html.contains(reach), "the page must not reach the network: {reach}");
+    }
+    assert!(std::fs::read_dir(run.join("report/plots")).unwrap().count() >= 8, "every plot as a PNG too");
     std::fs::remove_dir_all(dir).ok();
 }
