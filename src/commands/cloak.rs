@@ -62,11 +62,11 @@ pub fn run(req: &Request) -> Result<ExitCode> {
     for chunk in pictures.chunks(req.batch_size.max(1)) {
         let mut targets = Vec::new();
         let mut paths = Vec::new();
-        for path in chunk {
+        for (path, out) in chunk {
             match load(path, &detector, &settings) {
                 Ok(Some(target)) => {
                     targets.push(target);
-                    paths.push(path);
+                    paths.push((path, out));
                 }
                 Ok(None) => info(req.quiet, &format!("cloak: {}: no face found, not cloaked", path.display())),
                 Err(e) => {
@@ -78,15 +78,14 @@ pub fn run(req: &Request) -> Result<ExitCode> {
         if !targets.is_empty() {
             let user = if req.method == Method::Anticluster { Some(all_faces(&cloaker, &targets)?) } else { None };
             let cloaked = cloaker.cloak(&targets, user.as_deref(), None)?;
-            for ((path, target), c) in paths.into_iter().zip(&targets).zip(cloaked) {
+            for (((path, out), target), c) in paths.into_iter().zip(&targets).zip(cloaked) {
                 let rgb = cloaker::to_rgb8(&c.pixels);
                 let written = Tensor::from_slice(&to_chw_f32(&rgb)).view(target.pixels.size().as_slice());
                 let dssim = target.faces.iter().map(|f| cloaker::face_dssim(&target.pixels, &written, f)).fold(0.0, f64::max);
                 let q = cloaker::quality(&target.pixels, &written);
-                let out = output_path(path, req.out.as_deref(), req.format);
-                write_atomically(&out, &cloaker::encode(&rgb, req.format, req.jpeg_quality)?)?;
+                write_atomically(out, &cloaker::encode(&rgb, req.format, req.jpeg_quality)?)?;
                 with_faces += 1;
-                cloaked_files.push((path.to_path_buf(), out.clone(), dssim));
+                cloaked_files.push((path.clone(), out.clone(), dssim));
                 info(
                     req.quiet,
                     &format!("cloak: {} -> {} ({} faces, DSSIM {dssim:.4}, PSNR {:.1} dB)", path.display(), out.display(), target.faces.len(), q.psnr),
@@ -137,50 +136,106 @@ fn load(path: &Path, detector: &Mtcnn, settings: &Settings) -> Result<Option<Tar
     Ok(Some(Target { pixels, faces }))
 }
 
-/// Pictures named on the command line or found in the folders given, minus those already cloaked.
-fn find_pictures(req: &Request) -> Result<Vec<PathBuf>> {
-    let mut found = Vec::new();
+/// Pictures named on the command line or found in the folders given, each with the file its
+/// cloaked copy goes to, minus those already cloaked.
+fn find_pictures(req: &Request) -> Result<Vec<(PathBuf, PathBuf)>> {
+    // (picture, the folder argument it was found under)
+    let mut found: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
     for path in &req.paths {
         if path.is_dir() {
-            collect(path, req.recursive, &mut found)?;
+            let mut inside = Vec::new();
+            collect(path, req.recursive, &mut inside, &mut Vec::new())?;
+            found.extend(inside.into_iter().map(|p| (p, Some(path.clone()))));
         } else if path.is_file() {
-            found.push(path.clone());
+            found.push((path.clone(), None));
         } else {
             anyhow::bail!("{}: no such file or folder", path.display());
         }
     }
-    found.retain(|p| is_picture(p) && !output_path(p, req.out.as_deref(), req.format).exists());
+    found.retain(|(p, _)| is_picture(p));
     found.sort();
-    found.dedup();
-    Ok(found)
+    found.dedup_by(|a, b| a.0 == b.0);
+    let outputs = output_paths(&found, req.out.as_deref(), req.format);
+    Ok(found.into_iter().map(|(p, _)| p).zip(outputs).filter(|(_, out)| !out.exists()).collect())
 }
 
-fn collect(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
-        let path = entry?.path();
+/// Lists pictures below `dir`; `seen` holds the folders on the way down (canonical), so a
+/// symlink back up the tree is not walked again.
+fn collect(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>, seen: &mut Vec<PathBuf>) -> Result<()> {
+    let canonical = dir.canonicalize().with_context(|| format!("{}: cannot resolve", dir.display()))?;
+    if seen.contains(&canonical) {
+        return Ok(());
+    }
+    seen.push(canonical);
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    entries.sort();
+    for path in entries {
         if path.is_dir() {
             // A report written by `--report` shows pictures; they are not the person's photos.
             if recursive && path.file_name().is_none_or(|n| n != "cloakbench-report") {
-                collect(&path, true, out)?;
+                collect(&path, true, out, seen)?;
             }
-        } else {
+        } else if path.is_file() {
             out.push(path);
+        } else if is_picture(&path) {
+            // Never opened: a FIFO would block the read forever.
+            eprintln!("cloakbench cloak: {}: not a regular file (a FIFO, socket or dangling link): skipped", path.display());
         }
     }
+    seen.pop();
     Ok(())
 }
 
 fn is_picture(path: &Path) -> bool {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let stem = path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     EXTENSIONS.contains(&ext.as_str()) && !stem.ends_with("_cloaked")
 }
 
-/// `<stem>_cloaked.<ext>` beside the picture, or in `out`.
-pub fn output_path(picture: &Path, out: Option<&Path>, format: OutputFormat) -> PathBuf {
-    let stem = picture.file_stem().and_then(|s| s.to_str()).unwrap_or("picture");
-    let dir = out.map(Path::to_path_buf).unwrap_or_else(|| picture.parent().map(Path::to_path_buf).unwrap_or_default());
-    dir.join(format!("{stem}_cloaked.{}", format.extension()))
+/// Where each picture's cloaked copy goes: `<stem>_cloaked.<ext>` beside it, or under `out`
+/// in the same sub-folders as below the folder it was found in. No two pictures ever share
+/// an output: pictures that would (`face.bmp` and `face.webp`; `IMG_1.jpg` from two folders
+/// given as files; names that are not UTF-8) keep their own extension in the name
+/// (`face_bmp_cloaked.png`) and then, if still needed, a number, given in sorted order so a
+/// rerun finds the same names.
+pub fn output_paths(pictures: &[(PathBuf, Option<PathBuf>)], out: Option<&Path>, format: OutputFormat) -> Vec<PathBuf> {
+    let folder = |(picture, root): &(PathBuf, Option<PathBuf>)| -> PathBuf {
+        let beside = picture.parent().map(Path::to_path_buf).unwrap_or_default();
+        match out {
+            None => beside,
+            Some(out) => match root.as_ref().and_then(|r| beside.strip_prefix(r).ok()) {
+                Some(rel) => out.join(rel),
+                None => out.to_path_buf(),
+            },
+        }
+    };
+    let stem = |p: &Path| p.file_stem().map(|s| s.to_string_lossy().replace(char::REPLACEMENT_CHARACTER, "_")).unwrap_or_else(|| "picture".into());
+    let ext = |p: &Path| p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let plain: Vec<PathBuf> = pictures.iter().map(|p| folder(p).join(format!("{}_cloaked.{}", stem(&p.0), format.extension()))).collect();
+    let clashes = |names: &[PathBuf], i: usize| names.iter().filter(|n| **n == names[i]).count() > 1;
+    let with_ext: Vec<PathBuf> = (0..pictures.len())
+        .map(|i| {
+            if clashes(&plain, i) {
+                folder(&pictures[i]).join(format!("{}_{}_cloaked.{}", stem(&pictures[i].0), ext(&pictures[i].0), format.extension()))
+            } else {
+                plain[i].clone()
+            }
+        })
+        .collect();
+    let mut taken = std::collections::HashSet::new();
+    with_ext
+        .iter()
+        .map(|name| {
+            let base = name.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let (mut candidate, mut n) = (name.clone(), 2);
+            while !taken.insert(candidate.clone()) {
+                candidate = name.with_file_name(format!("{base}-{n}.{}", format.extension()));
+                n += 1;
+            }
+            candidate
+        })
+        .collect()
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -190,4 +245,44 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("part-{}", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(pictures: &[(&str, Option<&str>)], out: Option<&str>) -> Vec<String> {
+        let pictures: Vec<(PathBuf, Option<PathBuf>)> = pictures.iter().map(|(p, r)| (PathBuf::from(p), r.map(PathBuf::from))).collect();
+        output_paths(&pictures, out.map(Path::new), OutputFormat::Png).into_iter().map(|p| p.display().to_string()).collect()
+    }
+
+    #[test]
+    fn no_two_pictures_share_an_output() {
+        // Same stem, two formats, beside each other.
+        assert_eq!(names(&[("d/face.bmp", Some("d")), ("d/face.webp", Some("d"))], None), ["d/face_bmp_cloaked.png", "d/face_webp_cloaked.png"]);
+        // Two people's IMG_0001.jpg under --out keep their folders.
+        assert_eq!(
+            names(&[("in/ann/IMG_0001.jpg", Some("in")), ("in/bob/IMG_0001.jpg", Some("in"))], Some("o")),
+            ["o/ann/IMG_0001_cloaked.png", "o/bob/IMG_0001_cloaked.png"]
+        );
+        // Two files named on the command line, one --out: numbered, in order.
+        assert_eq!(names(&[("a/x.jpg", None), ("b/x.jpg", None)], Some("o")), ["o/x_jpg_cloaked.png", "o/x_jpg_cloaked-2.png"]);
+        // A picture alone keeps the plain name.
+        assert_eq!(names(&[("me.jpg", None)], None), ["me_cloaked.png"]);
+    }
+
+    #[test]
+    fn a_directory_cycle_is_walked_once_and_a_fifo_is_never_opened() {
+        let dir = std::env::temp_dir().join(format!("cloakbench-cloak-walk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("a")).unwrap();
+        std::fs::write(dir.join("a/x.jpg"), b"not read here").unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("a/loop")).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("f.jpg").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let (mut found, mut seen) = (Vec::new(), Vec::new());
+        collect(&dir, true, &mut found, &mut seen).unwrap();
+        assert_eq!(found, vec![dir.join("a/x.jpg")], "once, and not the FIFO");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -122,8 +122,8 @@ details{margin:4px 0}code,pre{font-family:'DejaVu Sans Mono',monospace;font-size
 
 /// Sorts a table by the clicked column: numbers as numbers (blanks last), text as text.
 const SCRIPT: &str = "\
-document.querySelectorAll('table.sortable th').forEach(function(th,col){th.addEventListener('click',function(){\
-var table=th.closest('table'),body=table.tBodies[0],rows=Array.from(body.rows),asc=!th.classList.contains('asc');\
+document.querySelectorAll('table.sortable th').forEach(function(th){th.addEventListener('click',function(){\
+var col=th.cellIndex,table=th.closest('table'),body=table.tBodies[0],rows=Array.from(body.rows),asc=!th.classList.contains('asc');\
 table.querySelectorAll('th').forEach(function(h){h.classList.remove('asc','desc')});th.classList.add(asc?'asc':'desc');\
 rows.sort(function(a,b){var x=a.cells[col],y=b.cells[col];\
 if(x.dataset.v!==undefined&&y.dataset.v!==undefined){var p=x.dataset.v===''?Infinity:+x.dataset.v,q=y.dataset.v===''?Infinity:+y.dataset.v;\

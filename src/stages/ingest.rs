@@ -13,6 +13,7 @@
 //! The stage's fingerprint includes the dataset's listing with every file's size and
 //! modification time (ETag on S3), so a picture edited in place is ingested again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -233,17 +234,49 @@ fn manifest_location(dataset: &Location, manifest: &str) -> Result<(Location, St
 /// Parses a manifest: Parquet (by its magic bytes) or CSV with a header row.
 pub fn read_manifest(bytes: &[u8], url: &str) -> Result<Vec<Item>> {
     let pairs = if bytes.starts_with(b"PAR1") { manifest_parquet(bytes) } else { manifest_csv(bytes) }.with_context(|| format!("{url}: bad manifest"))?;
-    pairs
-        .into_iter()
-        .enumerate()
-        .map(|(i, (path, identity))| {
-            let rel_path = path.trim_start_matches("./").to_owned();
-            if rel_path.is_empty() || identity.is_empty() || rel_path.starts_with('/') || rel_path.split('/').any(|p| p == "..") {
-                bail!("{url}: row {}: needs a relative path inside the dataset and an identity", i + 1);
+    Ok(manifest_items(pairs))
+}
+
+/// A manifest's rows as items. A row that cannot name a picture of the dataset (an empty,
+/// absolute or `..` path, an empty identity) becomes an error row, unread, and so does a path
+/// listed again (a picture must not be counted twice: the split would put it in train and test
+/// at once); a path listed with two identities is an error in both rows. Rows are numbered
+/// from 1, the header not counted.
+fn manifest_items(pairs: Vec<(String, String)>) -> Vec<Item> {
+    let mut items: Vec<Item> = Vec::with_capacity(pairs.len());
+    let mut first: HashMap<String, usize> = HashMap::new();
+    for (i, (path, identity)) in pairs.into_iter().enumerate() {
+        let row = i + 1;
+        let rel_path = path.trim_start_matches("./").to_owned();
+        let problem = if rel_path.is_empty() || rel_path.starts_with('/') || rel_path.split('/').any(|p| p == "..") {
+            Some(format!("manifest row {row}: path {path:?} is not a relative path inside the dataset"))
+        } else if identity.trim().is_empty() {
+            Some(format!("manifest row {row}: no identity for {path:?}"))
+        } else {
+            None
+        };
+        if problem.is_some() {
+            items.push(Item { rel_path: format!("{rel_path}#manifest-row-{row}"), identity, problem });
+            continue;
+        }
+        match first.get(&rel_path) {
+            None => {
+                first.insert(rel_path.clone(), items.len());
+                items.push(Item { rel_path, identity, problem: None });
             }
-            Ok(Item { rel_path, identity, problem: None })
-        })
-        .collect()
+            Some(&at) => {
+                let earlier = items[at].identity.clone();
+                let why = if earlier == identity {
+                    format!("manifest row {row}: {rel_path} is listed again (first listed earlier); counted once")
+                } else {
+                    items[at].problem = Some(format!("{rel_path} is labelled {earlier} here and {identity} in manifest row {row}: which is it?"));
+                    format!("manifest row {row}: {rel_path} is labelled {identity} here and {earlier} earlier: which is it?")
+                };
+                items.push(Item { rel_path: format!("{rel_path}#manifest-row-{row}"), identity, problem: Some(why) });
+            }
+        }
+    }
+    items
 }
 
 fn manifest_csv(bytes: &[u8]) -> Result<Vec<(String, String)>> {
@@ -299,8 +332,23 @@ mod tests {
         let items = read_manifest(b"identity,path\nann,ann/1.jpg\nbob,./bob/2.png\n", "m.csv").unwrap();
         assert_eq!(items[1], Item { rel_path: "bob/2.png".into(), identity: "bob".into(), problem: None });
         assert!(read_manifest(b"file,who\nx,y\n", "m.csv").is_err());
-        assert!(read_manifest(b"path,identity\n../etc/passwd,x\n", "m.csv").is_err());
-        assert!(read_manifest(b"path,identity\n/etc/passwd,x\n", "m.csv").is_err());
+    }
+
+    #[test]
+    fn a_bad_manifest_row_is_an_error_row_and_a_repeat_is_not_a_second_picture() {
+        let text = b"path,identity\na/x.jpg,ann\na/x.jpg,ann\na/y.jpg,bob\n/etc/passwd,eve\n../z.jpg,eve\na/w.jpg,\na/y.jpg,carl\nb/v.jpg,dan\n";
+        let items = read_manifest(text, "m.csv").unwrap();
+        let problems: Vec<Option<&str>> = items.iter().map(|i| i.problem.as_deref()).collect();
+        assert_eq!(items.len(), 8, "every row accounted for");
+        assert_eq!(problems[0], None, "the first listing of a/x.jpg is the picture");
+        assert!(problems[1].unwrap().contains("row 2") && problems[1].unwrap().contains("listed again"));
+        assert!(problems[2].unwrap().contains("carl"), "a/y.jpg has two identities: both rows are errors");
+        assert!(problems[3].unwrap().contains("not a relative path") && problems[4].unwrap().contains("row 5"));
+        assert!(problems[5].unwrap().contains("no identity"));
+        assert!(problems[6].unwrap().contains("row 7"));
+        assert_eq!(problems[7], None);
+        let ids: std::collections::HashSet<String> = items.iter().map(|i| images::image_id(&i.rel_path)).collect();
+        assert_eq!(ids.len(), items.len(), "every row has its own image id");
     }
 
     #[test]

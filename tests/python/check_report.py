@@ -4,7 +4,7 @@ Talks to Chromium over the DevTools protocol on a pipe (--remote-debugging-pipe:
 ended by NUL on fds 3 and 4), so it needs nothing beyond the standard library and a chromium
 binary. Checks: no console error, no exception, no failed load; every <img> loaded (natural
 size > 0); every plot's SVG drawn with a size; every named section present; a click on a
-table header sorts the table. Saves a full-page screenshot and prints one JSON line of figures.
+table header sorts its table (every table, both ways). Saves a full-page screenshot and prints one JSON line of figures.
 
   python check_report.py PAGE.html SCREENSHOT.png run,results,...
 """
@@ -22,8 +22,8 @@ CHECKS = r"""
   const images = [...document.images].map(i => ({src: i.getAttribute('src'), w: i.naturalWidth, h: i.naturalHeight}));
   const plots = [...document.querySelectorAll('figure.plot svg')].map(s => { const r = s.getBoundingClientRect(); return [r.width, r.height]; });
   const sections = [...document.querySelectorAll('section')].map(s => s.id);
-  // Sort the first table with a numeric column by that column, twice, and read the order back.
-  let sorted = null;
+  // Sort every table by its first numeric column, both ways, and read the order back.
+  const sorted = [];
   for (const table of document.querySelectorAll('table.sortable')) {
     const row = table.tBodies[0].rows[0];
     if (!row || table.tBodies[0].rows.length < 2) continue;
@@ -34,8 +34,7 @@ CHECKS = r"""
     th.click(); const up = read(); th.click(); const down = read();
     const ascending = up.every((v, i) => i === 0 || up[i - 1] <= v);
     const descending = down.every((v, i) => i === 0 || down[i - 1] >= v);
-    sorted = {column: th.textContent, ascending, descending, rows: up.length};
-    break;
+    sorted.push({column: th.textContent, ascending, descending, rows: up.length});
   }
   const t = performance.getEntriesByType('navigation')[0];
   return JSON.stringify({images, plots, sections, sorted, load_ms: t ? t.loadEventEnd : null,
@@ -117,7 +116,8 @@ def errors(events):
     for e in events:
         p = e.get("params", {})
         if e["method"] == "Runtime.exceptionThrown":
-            found.append(p["exceptionDetails"].get("text", "exception"))
+            details = p["exceptionDetails"]
+            found.append(details.get("text", "exception") + " " + details.get("exception", {}).get("description", ""))
         elif e["method"] == "Runtime.consoleAPICalled" and p.get("type") == "error":
             found.append(" ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", [])))
         elif e["method"] == "Log.entryAdded" and p["entry"].get("level") == "error":
@@ -157,10 +157,10 @@ def main():
     missing = [s for s in wanted if s not in figures["sections"]]
     sorting = figures["sorted"]
     report = {"opened_s": round(opened_s, 3), "load_ms": figures["load_ms"], "images": len(figures["images"]), "plots": len(figures["plots"]),
-              "sections": figures["sections"], "sorted": sorting, "errors": problems, "broken_images": broken, "flat_plots": flat,
+              "sections": figures["sections"], "sorted_tables": len(sorting), "unsorted": [t for t in sorting if not (t["ascending"] and t["descending"])], "errors": problems, "broken_images": broken, "flat_plots": flat,
               "missing_sections": missing, "page_height": figures["height"], "page_width": figures["width"]}
     print(json.dumps(report))
-    ok = not problems and not broken and not flat and not missing and (sorting is None or (sorting["ascending"] and sorting["descending"]))
+    ok = not problems and not broken and not flat and not missing and all(t["ascending"] and t["descending"] for t in sorting)
     sys.exit(0 if ok else 1)
 
 
