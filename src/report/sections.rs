@@ -733,7 +733,7 @@ fn clustering_section(run: &Run, plots: &mut Plots) -> Result<Option<Section>> {
                 .map(|m| format!("{}: {}", m.identity.as_deref().unwrap_or(""), if m.own_cluster() == Some(true) { "own cluster" } else { "scattered" }))
                 .collect();
             rows.push(vec![
-                Cell::text(t.name.as_str()),
+                Cell::text(cell_of(run, &t.name)),
                 Cell::text(overall.model.as_str()),
                 Cell::text(overall.algorithm.as_str()),
                 Cell::count(i64::from(overall.k)),
@@ -753,7 +753,7 @@ fn clustering_section(run: &Run, plots: &mut Plots) -> Result<Option<Section>> {
          identities). A protected user keeps an own cluster when the cluster holding most of their pictures is at least half theirs \
          and holds at least half of them: the anti-clustering cloak aims to scatter them.</p>",
     );
-    body.push_str(&table(&["table", "model", "algorithm", "clusters", "pictures", "purity", "NMI", "protected users"], &rows));
+    body.push_str(&table(&["cell", "model", "algorithm", "clusters", "pictures", "purity", "NMI", "protected users"], &rows));
     body.push_str(&projections(run, &protected, plots)?);
     Ok(Some(Section { id: "clustering", title: "Clustering".into(), body }))
 }
@@ -786,7 +786,7 @@ fn projections(run: &Run, protected: &BTreeSet<String>, plots: &mut Plots) -> Re
                 .map(|((p, who), points)| Series { name: if p { format!("{who} (protected)") } else { who }, points, point_labels: Vec::new(), emphasis: p })
                 .collect();
             let chart = Xy {
-                title: format!("{}: {}", t.name, short(model)),
+                title: format!("{}: {}", cell_without(run, &t.name, &["model"]), short(model)),
                 x_label: "first principal axis".into(),
                 y_label: "second principal axis".into(),
                 x_range: range(all.iter().map(|p| p.0), 0.05),
@@ -872,6 +872,25 @@ fn faces_cloak_name(run: &Run, cloaked: &Table) -> String {
         (Some(m), Some(o)) => format!("{m} {o} ({})", cloaked.name),
         _ => cloaked.name.clone(),
     }
+}
+
+/// What tells a table's cell apart: its writer's labels (fan-out values and tags, the dataset
+/// left out), else the table's name.
+fn cell_of(run: &Run, table: &str) -> String {
+    cell_without(run, table, &[])
+}
+
+/// The cell's labels without `dataset`, `defender = standard` and the keys in `drop`.
+fn cell_without(run: &Run, table: &str, drop: &[&str]) -> String {
+    let labels: Vec<String> = run
+        .writer(table)
+        .and_then(|s| s["labels"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|p| p[0] != "dataset" && !(p[0] == "defender" && p[1] == "standard") && !drop.iter().any(|d| p[0] == *d))
+        .filter_map(|p| Some(format!("{}={}", p[0].as_str()?, p[1].as_str()?)))
+        .collect();
+    if labels.is_empty() { table.to_owned() } else { labels.join(" ") }
 }
 
 fn label(stage: &Value, key: &str) -> Option<String> {

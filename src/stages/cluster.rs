@@ -131,7 +131,7 @@ impl StageConfig for Cluster {
                     .filter(|c| c.model == m.model && c.algorithm == algorithm.name() && c.protected == Some(true))
                     .map(|c| format!("{} {}", c.identity.as_deref().unwrap_or(""), if c.own_cluster() == Some(true) { "still clusters" } else { "scattered" }))
                     .collect();
-                ctx.report.push(format!("cluster: {} {}: purity {p:.3}, NMI {n:.3}; {}", m.model, algorithm.name(), protected_own.join(", ")));
+                ctx.report.push(format!("{}: {} {}: purity {p:.3}, NMI {n:.3}; {}", ctx.stage, m.model, algorithm.name(), protected_own.join(", ")));
                 metrics.push(base);
                 assignments.extend(rows.iter().zip(&found).zip(&positions).map(|(((_, id, l), &c), &p)| Assignment {
                     image_id: id.to_string(),
