@@ -121,8 +121,12 @@ fn all_faces(cloaker: &Cloaker, targets: &[Target]) -> Result<Vec<Tensor>> {
 
 /// Decodes a picture and finds its faces; None when it has none.
 fn load(path: &Path, detector: &Mtcnn, settings: &Settings) -> Result<Option<Target>> {
+    let limits = DecodeLimits::default();
+    // Refused before it is read whole: a 1 GiB file must not cost 1 GiB to turn down.
+    let size = std::fs::metadata(path).context("cannot read")?.len();
+    anyhow::ensure!(size <= limits.max_bytes, "{size} bytes, over the limit of {} bytes for one picture", limits.max_bytes);
     let bytes = std::fs::read(path).context("cannot read")?;
-    let rgb = decode(&bytes, &DecodeLimits::default())?.rgb;
+    let rgb = decode(&bytes, &limits)?.rgb;
     let faces: Vec<FaceGeometry> = detector
         .detect(&rgb, settings)?
         .into_iter()
