@@ -60,6 +60,18 @@ fn baseline_reads_and_writes_s3() {
         assert!(!bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()), "secret inside a table");
     }
 
+    // The report of a run on S3: written to a local folder, and beside the run on S3 by default.
+    let pages = scratch("s3-report");
+    cloakbench(&["report", "s3://faces/runs/baseline", "--out", pages.to_str().unwrap(), "--quiet"], &env);
+    let page = std::fs::read_to_string(pages.join("index.html")).unwrap();
+    assert!(page.contains("s3://faces/runs/baseline") && page.contains("id=\"accuracy\""), "the run's folder and its accuracy section");
+    assert!(!page.contains(SECRET) && !page.contains(KEY_ID), "credentials leaked into the report");
+    let printed = text(&cloakbench(&["report", "s3://faces/runs/baseline"], &env).stdout);
+    assert!(printed.contains("s3://faces/runs/baseline/report/index.html"), "{printed}");
+    let listing = python_check("s3_helper.py", &["download", &endpoint, "faces", "runs/baseline/report", pages.join("from-s3").to_str().unwrap()], &env);
+    assert!(listing.contains("runs/baseline/report/index.html"), "{listing}");
+    std::fs::remove_dir_all(pages).ok();
+
     // A wrong secret gives a clear error that names the bucket but not the secret.
     let bad = Command::new(env!("CARGO_BIN_EXE_cloakbench"))
         .args(["run", "pipelines/baseline.toml", "--force", "--set", "ingest.dataset=s3://faces/fixture", "--run-root", "s3://no-such-bucket/runs"])
