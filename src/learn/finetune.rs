@@ -106,6 +106,18 @@ impl Schedule {
     }
 }
 
+/// Checks, before anything runs, that model `id` can be fine-tuned: installed, and one of the
+/// zoo's own architectures (a user's TorchScript module has no parameters we can step). The
+/// error reads as a pipeline key's: `model = "...": ...`.
+pub fn check_model(id: &str) -> Result<(), String> {
+    models::check_usable(id).map_err(|e| format!("model = {id:?}: {e}"))?;
+    let card = models::card(id).map_err(|e| format!("{e:#}"))?;
+    if card.format != models::card::WeightsFormat::Safetensors {
+        return Err(format!("model = {id:?}: must be one of the zoo's own architectures (a TorchScript module cannot be fine-tuned)"));
+    }
+    Ok(())
+}
+
 /// A schedule as a pipeline names it: a preset (`"cpu"`, `"facecure"`) or every field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -21,6 +21,34 @@ pub fn auc(same: &[f64], different: &[f64]) -> f64 {
     (rank_sum - n * (n + 1.0) / 2.0) / (n * m)
 }
 
+/// The ROC curve of `positive` against `negative` scores, as (false positive rate, true
+/// positive rate) points from (0, 0) to (1, 1); tied scores move together (one diagonal
+/// step); about `max_points` points at most, for plotting.
+pub fn curve(positive: &[f64], negative: &[f64], max_points: usize) -> Vec<(f64, f64)> {
+    let mut scores: Vec<(f64, bool)> = positive.iter().map(|&s| (s, true)).chain(negative.iter().map(|&s| (s, false))).collect();
+    scores.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (p, n) = (positive.len().max(1) as f64, negative.len().max(1) as f64);
+    let step = (scores.len() / max_points.max(1)).max(1);
+    let (mut tp, mut fp, mut i) = (0.0, 0.0, 0);
+    let mut points = vec![(0.0, 0.0)];
+    while i < scores.len() {
+        let mut j = i;
+        while j < scores.len() && scores[j].0 == scores[i].0 {
+            if scores[j].1 {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
+            j += 1;
+        }
+        if j / step != i / step || j == scores.len() {
+            points.push((fp / n, tp / p));
+        }
+        i = j;
+    }
+    points
+}
+
 /// The error rate at the threshold where false accepts and false rejects are closest.
 pub fn eer(same: &[f64], different: &[f64]) -> f64 {
     let mut thresholds: Vec<f64> = same.iter().chain(different).copied().collect();
@@ -51,6 +79,18 @@ pub fn precision_recall(positive: &[f64], negative: &[f64], threshold: f64) -> (
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_curve_runs_corner_to_corner_and_its_auc_agrees() {
+        let (pos, neg) = ([0.9, 0.8], [0.2, 0.1]);
+        let points = curve(&pos, &neg, 200);
+        assert_eq!(points, vec![(0.0, 0.0), (0.0, 0.5), (0.0, 1.0), (0.5, 1.0), (1.0, 1.0)]);
+        assert_eq!(auc(&pos, &neg), 1.0);
+        assert_eq!(curve(&[0.5, 0.5], &[0.5, 0.5], 200), vec![(0.0, 0.0), (1.0, 1.0)], "ties: one diagonal step");
+        assert_eq!(auc(&[0.5, 0.5], &[0.5, 0.5]), 0.5);
+        assert_eq!(auc(&[0.1], &[0.9]), 0.0);
+        assert_eq!(curve(&[0.1], &[0.9], 200).last(), Some(&(1.0, 1.0)));
+    }
 
     #[test]
     fn auc_and_eer_of_known_score_sets() {

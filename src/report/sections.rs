@@ -13,6 +13,7 @@ use super::plots::{Chart, HeatMap, Series, Xy, range, render};
 use super::{Run, Table};
 use crate::io::Location;
 use crate::io::image::{DecodeLimits, decode};
+use crate::learn::roc::{auc, curve as roc_curve};
 use crate::tables::cloaks::CloakRow;
 use crate::tables::results::ResultRow;
 use crate::tables::{clusters, detections, images, metrics, results, splits};
@@ -657,19 +658,20 @@ fn detection_section(run: &Run, plots: &mut Plots) -> Result<Option<Section>> {
         &["detector", "trained on", "tested on", "training pictures", "cloaked tested", "clean tested", "ROC AUC", "threshold", "precision", "recall"],
         &metric_rows,
     ));
-    let mut curves: BTreeMap<String, BTreeMap<String, Vec<(f64, bool)>>> = BTreeMap::new();
+    /// The cloaked pictures' scores and the clean ones'.
+    type Scores = (Vec<f64>, Vec<f64>);
+    // detector -> training cloak → tested cloak -> scores
+    let mut curves: BTreeMap<String, BTreeMap<String, Scores>> = BTreeMap::new();
     for t in run.of_schema("detections") {
         for d in detections::read(&t.batches)? {
-            curves.entry(d.detector.clone()).or_default().entry(format!("{} → {}", d.trained_on, d.tested_on)).or_default().push((d.score, d.cloaked));
+            let scores = curves.entry(d.detector.clone()).or_default().entry(format!("{} → {}", d.trained_on, d.tested_on)).or_default();
+            if d.cloaked { scores.0.push(d.score) } else { scores.1.push(d.score) }
         }
     }
     for (detector, pairs) in curves {
         let series = pairs
             .into_iter()
-            .map(|(name, scores)| {
-                let (points, auc) = roc(scores);
-                Series::new(format!("AUC {auc:.3}: {name}"), points)
-            })
+            .map(|(name, (cloaked, clean))| Series::new(format!("AUC {:.3}: {name}", auc(&cloaked, &clean)), roc_curve(&cloaked, &clean, 200)))
             .collect();
         let chart = Xy {
             title: format!("ROC, {detector}"),
@@ -686,36 +688,6 @@ fn detection_section(run: &Run, plots: &mut Plots) -> Result<Option<Section>> {
         body.push_str(&plots.figure(&chart, &format!("roc-{detector}"), &caption)?);
     }
     Ok(Some(Section { id: "detection", title: "Detecting cloaked pictures".into(), body }))
-}
-
-/// The ROC curve of scores labelled cloaked (true) or clean, at most ~200 points, and its AUC.
-pub fn roc(mut scores: Vec<(f64, bool)>) -> (Vec<(f64, f64)>, f64) {
-    scores.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let positives = scores.iter().filter(|s| s.1).count().max(1) as f64;
-    let negatives = scores.iter().filter(|s| !s.1).count().max(1) as f64;
-    let (mut tp, mut fp, mut auc) = (0.0, 0.0, 0.0);
-    let mut points = vec![(0.0, 0.0)];
-    let step = (scores.len() / 200).max(1);
-    let mut i = 0;
-    while i < scores.len() {
-        // Tied scores move together: one diagonal step.
-        let mut j = i;
-        let (tp0, fp0) = (tp, fp);
-        while j < scores.len() && scores[j].0 == scores[i].0 {
-            if scores[j].1 {
-                tp += 1.0
-            } else {
-                fp += 1.0
-            }
-            j += 1;
-        }
-        auc += (fp - fp0) / negatives * (tp + tp0) / 2.0 / positives;
-        if j / step != i / step || j == scores.len() {
-            points.push((fp / negatives, tp / positives));
-        }
-        i = j;
-    }
-    (points, auc)
 }
 
 // ---- clustering ----
@@ -906,17 +878,6 @@ fn fetch(uri: &str) -> Result<image::RgbImage> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn roc_of_separated_scores_is_perfect_and_of_ties_is_chance() {
-        let (points, auc) = roc(vec![(0.9, true), (0.8, true), (0.2, false), (0.1, false)]);
-        assert_eq!(auc, 1.0);
-        assert_eq!(points.last(), Some(&(1.0, 1.0)));
-        let (_, auc) = roc(vec![(0.5, true), (0.5, false), (0.5, true), (0.5, false)]);
-        assert_eq!(auc, 0.5);
-        let (_, auc) = roc(vec![(0.9, false), (0.1, true)]);
-        assert_eq!(auc, 0.0);
-    }
 
     #[test]
     fn a_configuration_reads_as_key_value_pairs() {

@@ -15,7 +15,7 @@ use crate::face::align::Alignment;
 use crate::io::image::DecodeLimits;
 use crate::io::pictures::PictureLoader;
 use crate::learn::crops::crop_faces;
-use crate::learn::finetune::{ScheduleSetting, fine_tune};
+use crate::learn::finetune::{ScheduleSetting, check_model, fine_tune};
 use crate::models::{self, DeviceChoice};
 use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
 use crate::tables::faces::{self, FACES};
@@ -56,14 +56,7 @@ fn default_concurrency() -> usize {
 
 impl StageConfig for Adapt {
     fn validate(&self) -> Result<(), String> {
-        models::check_usable(&self.model).map_err(|e| format!("model = {:?}: {e}", self.model))?;
-        let card = models::card(&self.model).map_err(|e| format!("{e:#}"))?;
-        check(
-            card.format == models::card::WeightsFormat::Safetensors,
-            "model",
-            &self.model,
-            "one of the zoo's own architectures (a TorchScript module cannot be fine-tuned)",
-        )?;
+        check_model(&self.model)?;
         self.schedule.resolve()?;
         check(self.concurrency >= 1, "concurrency", self.concurrency, "at least 1")?;
         self.limits.check()?;

@@ -22,7 +22,7 @@ use crate::face::align::{Alignment, FaceGeometry};
 use crate::io::image::DecodeLimits;
 use crate::io::pictures::PictureLoader;
 use crate::learn::crops::crop_faces;
-use crate::learn::finetune::{ScheduleSetting, fine_tune};
+use crate::learn::finetune::{ScheduleSetting, check_model, fine_tune};
 use crate::learn::linear::{Labelled, Probe, ProbeConfig};
 use crate::learn::roc::{auc, precision_recall};
 use crate::models::{self, DeviceChoice};
@@ -101,7 +101,7 @@ impl StageConfig for DetectCloaks {
     fn validate(&self) -> Result<(), String> {
         check(!self.detectors.is_empty(), "detectors", &self.detectors, "at least one of residual_probe, finetuned")?;
         if self.detectors.contains(&Detector::Finetuned) {
-            models::check_usable(&self.model).map_err(|e| format!("model = {:?}: {e}", self.model))?;
+            check_model(&self.model)?;
             self.schedule.resolve()?;
         }
         self.probe.check()?;

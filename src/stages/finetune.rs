@@ -17,7 +17,7 @@ use crate::face::align::Alignment;
 use crate::io::image::DecodeLimits;
 use crate::io::pictures::PictureLoader;
 use crate::learn::crops::crop_faces;
-use crate::learn::finetune::{ScheduleSetting, fine_tune};
+use crate::learn::finetune::{ScheduleSetting, check_model, fine_tune};
 use crate::learn::linear::guesses;
 use crate::models::{self, DeviceChoice};
 use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
@@ -63,14 +63,7 @@ pub const CLASSIFIER: &str = "end_to_end";
 
 impl StageConfig for Finetune {
     fn validate(&self) -> Result<(), String> {
-        models::check_usable(&self.model).map_err(|e| format!("model = {:?}: {e}", self.model))?;
-        let card = models::card(&self.model).map_err(|e| format!("{e:#}"))?;
-        check(
-            card.format == models::card::WeightsFormat::Safetensors,
-            "model",
-            &self.model,
-            "one of the zoo's own architectures (a TorchScript module cannot be fine-tuned)",
-        )?;
+        check_model(&self.model)?;
         self.schedule.resolve()?;
         check(self.concurrency >= 1, "concurrency", self.concurrency, "at least 1")?;
         self.limits.check()?;
