@@ -182,6 +182,9 @@ pub mod exit {
     /// The run completed and wrote its tables, but some items failed (pictures that could not
     /// be read, protected pictures left uncloaked): the summary on stderr names them.
     pub const ITEMS_FAILED: u8 = 3;
+    /// Another run holds the run root (its lock names it): nothing was written; retrying
+    /// once it has finished helps.
+    pub const BUSY: u8 = 4;
 }
 
 /// Parses the command line, runs the command and maps the outcome to an exit code.
@@ -192,7 +195,14 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("cloakbench: error: {e:#}");
             let invalid = e.chain().any(|cause| cause.is::<pipeline::PlanError>());
-            ExitCode::from(if invalid { exit::INVALID } else { exit::ERROR })
+            let busy = e.chain().any(|cause| cause.is::<crate::io::lease::InUse>());
+            ExitCode::from(if invalid {
+                exit::INVALID
+            } else if busy {
+                exit::BUSY
+            } else {
+                exit::ERROR
+            })
         }
     }
 }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use super::block_on;
 
@@ -285,6 +285,70 @@ impl Location {
         }
     }
 
+    /// Reads `key` with its version (S3's ETag), for a later [`Location::replace`]; `None` when
+    /// absent. S3 only: local leases lock the file instead (see [`super::lease`]).
+    pub fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, UpdateVersion)>> {
+        let url = self.url_of(key);
+        let Backend::S3 { store, .. } = &self.backend else { bail!("{url}: versioned reads are for S3 locations") };
+        let got = match block_on(store.get(&self.object_path(key)?)) {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("{url}: cannot read")),
+        };
+        let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
+        let data = block_on(got.bytes()).with_context(|| format!("{url}: cannot read"))?;
+        Ok(Some((data, version)))
+    }
+
+    /// Writes `key` only if it still is at `expected` (S3's If-Match), or, with `None`, only if
+    /// it does not exist; returns the new version, or `None` when another writer got there first.
+    pub fn replace(&self, key: &str, data: Bytes, expected: Option<&UpdateVersion>) -> Result<Option<UpdateVersion>> {
+        let url = self.url_of(key);
+        let Backend::S3 { store, .. } = &self.backend else { bail!("{url}: conditional writes are for S3 locations") };
+        let mode = match expected {
+            Some(version) => PutMode::Update(version.clone()),
+            None => PutMode::Create,
+        };
+        let opts = PutOptions { mode, ..Default::default() };
+        match block_on(store.put_opts(&self.object_path(key)?, PutPayload::from(data), opts)) {
+            Ok(put) => Ok(Some(UpdateVersion { e_tag: put.e_tag, version: put.version })),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("{url}: cannot write")),
+        }
+    }
+
+    /// The local file of `key` (its folder created), or `None` on S3.
+    pub fn local_file(&self, key: &str) -> Result<Option<PathBuf>> {
+        let Backend::Local(_) = &self.backend else { return Ok(None) };
+        let path = self.local_path(key)?;
+        let dir = path.parent().expect("a key names a file inside the location");
+        fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        Ok(Some(path))
+    }
+
+    /// Removes the staging files that writes cut short by a kill left behind (hidden, never
+    /// read); returns how many. Call it only while holding the location's lease, when no write
+    /// of ours can be in flight. An S3 upload that never completed is invisible: nothing to do.
+    pub fn remove_staging_leftovers(&self) -> Result<usize> {
+        let Backend::Local(dir) = &self.backend else { return Ok(0) };
+        let mut removed = 0;
+        let mut folders = vec![dir.clone()];
+        while let Some(folder) = folders.pop() {
+            let Ok(entries) = fs::read_dir(&folder) else { continue };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else { continue };
+                let name = entry.file_name();
+                if kind.is_dir() {
+                    folders.push(entry.path());
+                } else if kind.is_file() && is_staging_name(&name.to_string_lossy()) {
+                    fs::remove_file(entry.path()).with_context(|| format!("{}: cannot remove", entry.path().display()))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Whether `key` exists.
     pub fn exists(&self, key: &str) -> Result<bool> {
         match &self.backend {
@@ -366,6 +430,12 @@ impl Location {
         check_key(key).with_context(|| format!("{}: bad key {key:?}", self.url))?;
         ObjectPath::parse(join_key(prefix, key)).with_context(|| format!("{}: not a valid S3 key", self.url_of(key)))
     }
+}
+
+/// `.<name>.staging-<pid>-<n>`, the name [`Location::sink`] and [`Location::put`] write under.
+fn is_staging_name(name: &str) -> bool {
+    name.starts_with('.')
+        && name.rsplit_once(".staging-").is_some_and(|(_, tail)| tail.split('-').all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
 }
 
 fn join_key(prefix: &str, key: &str) -> String {
@@ -468,9 +538,46 @@ fn escape_name(bytes: &[u8]) -> String {
     out
 }
 
+/// Fails at once, saying what to set, when no S3 credentials can be found. Without this the
+/// client asks the EC2 instance-metadata address, retries for a minute and fails with an error
+/// about a PUT to `169.254.169.254` that never mentions credentials. The metadata service is
+/// still used where it answers (an EC2 instance with a role).
+fn check_credentials_exist() -> Result<()> {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let from_env = (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
+        || set("AWS_WEB_IDENTITY_TOKEN_FILE")
+        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        || std::env::var("AWS_SKIP_SIGNATURE").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    if from_env || instance_metadata_answers() {
+        return Ok(());
+    }
+    bail!(
+        "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with AWS_SESSION_TOKEN for temporary \
+         credentials), use a web-identity token (AWS_WEB_IDENTITY_TOKEN_FILE) or a container or instance role, or set \
+         AWS_SKIP_SIGNATURE=true for a public bucket; profiles in ~/.aws are not read"
+    )
+}
+
+/// Whether the EC2 instance-metadata service accepts a connection (one try, 1 s, remembered).
+fn instance_metadata_answers() -> bool {
+    static ANSWERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWERS.get_or_init(|| {
+        let endpoint = std::env::var("AWS_METADATA_ENDPOINT").unwrap_or_else(|_| "http://169.254.169.254".into());
+        let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+        let addr = if host.contains(':') { host.to_owned() } else { format!("{host}:80") };
+        use std::net::ToSocketAddrs;
+        addr.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok())
+    })
+}
+
 /// An S3 client configured from the standard `AWS_*` variables. A plain-http endpoint (a local
 /// S3-compatible server) is allowed only when the endpoint URL itself says `http://`.
 fn s3_store(bucket: &str) -> Result<AmazonS3> {
+    check_credentials_exist()?;
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL"));
     if let Ok(endpoint) = endpoint {

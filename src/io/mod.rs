@@ -19,6 +19,7 @@
 //! This module imports nothing else of the crate: every other module may use it.
 
 pub mod image;
+pub mod lease;
 pub mod location;
 pub mod parquet;
 pub mod pictures;

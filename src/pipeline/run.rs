@@ -18,8 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::context::{Context, RunOptions, Tally};
 use super::plan::{Plan, PlannedStage};
-use crate::io::parquet;
-use crate::io::{Location, hex};
+use crate::io::{self, Location, hex, parquet};
 
 /// The digest of the sources, schemas and lock file the binary was built from (build.rs).
 pub const CODE_DIGEST: &str = env!("CLOAKBENCH_CODE_DIGEST");
@@ -87,6 +86,13 @@ impl RunSummary {
 pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let root = Location::create(&plan.run_root)?;
     let run_dir = root.child(&plan.name);
+    let _lease = io::lease::acquire(&run_dir, "_lock", &format!("cloakbench run {}", plan.name), lease_ttl())?;
+    // Holding the lease, no write of ours is in flight: what staging files remain were cut
+    // short by a kill.
+    let leftovers = run_dir.remove_staging_leftovers()?;
+    if leftovers > 0 {
+        crate::progress::info(options.quiet, &format!("removed {leftovers} staging files an interrupted run left behind"));
+    }
     let mut summary = RunSummary { run_dir: run_dir.url().to_owned(), ..Default::default() };
     // table -> fingerprint of the stage (and slot) that wrote it
     let mut table_fp: HashMap<String, String> = HashMap::new();
@@ -179,6 +185,13 @@ fn fingerprint(stage: &PlannedStage, table_fp: &HashMap<String, String>) -> Resu
         "material": material,
     });
     Ok(hex(&Sha256::digest(all.to_string().as_bytes())))
+}
+
+/// How long an S3 run lease lives unless renewed (`CLOAKBENCH_LEASE_TTL_S`, default 120 s):
+/// how long a killed run blocks the next one on S3.
+fn lease_ttl() -> std::time::Duration {
+    let secs = std::env::var("CLOAKBENCH_LEASE_TTL_S").ok().and_then(|v| v.parse::<u64>().ok()).filter(|&s| s >= 3).unwrap_or(120);
+    std::time::Duration::from_secs(secs)
 }
 
 /// `_run.json`: the run as it stands, rewritten after every stage.

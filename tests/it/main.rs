@@ -7,6 +7,7 @@
 mod bad_inputs;
 mod baseline;
 mod cloak;
+mod crash;
 mod data_plane;
 mod detect;
 mod fingerprints;

@@ -83,3 +83,76 @@ fn baseline_reads_and_writes_s3() {
     assert!(!bad.status.success() && err.contains("no-such-bucket") && !err.contains(SECRET), "{err}");
     std::fs::remove_dir_all(local).ok();
 }
+
+/// Credentials, endpoint and metadata variables of the AWS SDKs, removed so that a test
+/// controls what the binary sees.
+const AWS_VARIABLES: [&str; 9] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_SKIP_SIGNATURE",
+    "AWS_PROFILE",
+    "AWS_METADATA_ENDPOINT",
+];
+
+/// Without credentials the run fails at once and says so (it used to ask the instance-metadata
+/// address for a minute and fail with an error about a PUT to it).
+#[test]
+fn s3_without_credentials_fails_at_once_saying_so() {
+    // No metadata service either: a local port nobody listens on refuses the connection.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let root = scratch("s3-no-credentials");
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloakbench"));
+    cmd.args(["run", "pipelines/baseline.toml", "--set", "ingest.dataset=s3://faces/fixture", "--run-root", root.to_str().unwrap()]);
+    for var in AWS_VARIABLES {
+        cmd.env_remove(var);
+    }
+    let out = cmd.env("AWS_METADATA_ENDPOINT", format!("http://127.0.0.1:{closed}")).current_dir(repo()).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no S3 credentials") && err.contains("AWS_ACCESS_KEY_ID") && err.contains("s3://faces/fixture"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    std::fs::remove_dir_all(root).ok();
+}
+
+/// A run root on S3 has one writer: a live lease (here another machine's) refuses the run with
+/// exit code 4 naming its holder; a lapsed one (a killed run's) is taken over, renewed while the
+/// run works, and marked expired when it ends.
+#[test]
+fn a_run_root_on_s3_has_one_writer_and_a_lapsed_lease_is_taken_over() {
+    let fixture = shared("datasets/fixture_facescrub12x10");
+    let (_server, endpoint) = start_moto();
+    let env = [("AWS_ACCESS_KEY_ID", KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET), ("AWS_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", endpoint.as_str())];
+    python_check("s3_helper.py", &["upload", &endpoint, "faces", "fixture", fixture.to_str().unwrap()], &env);
+    let dir = scratch("s3-lease");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let put_lease = |expires: u64| {
+        let lease = serde_json::json!({"owner": "elsewhere:4242:1", "host": "elsewhere", "pid": 4242, "command": "cloakbench run baseline",
+                                       "started_unix": now - 100, "expires_unix": expires});
+        let file = dir.join("lease.json");
+        std::fs::write(&file, lease.to_string()).unwrap();
+        python_check("s3_helper.py", &["put", &endpoint, "faces", "runs/baseline/_lock", file.to_str().unwrap()], &env);
+    };
+    let args = ["run", "pipelines/baseline.toml", "--set", "ingest.dataset=s3://faces/fixture", "--run-root", "s3://faces/runs"];
+
+    put_lease(now + 3600);
+    let refused = crate::cloakbench_exits(&args, &env, 4);
+    let err = text(&refused.stderr);
+    assert!(err.contains("s3://faces/runs/baseline/_lock: the run is in use by `cloakbench run baseline` (pid 4242 on elsewhere"), "{err}");
+
+    put_lease(now - 10);
+    let ttl = [("CLOAKBENCH_LEASE_TTL_S", "3")];
+    let out = cloakbench(&args, &[&env[..], &ttl[..]].concat());
+    let log = text(&out.stderr);
+    assert!(log.contains("took over the lapsed lease of `cloakbench run baseline` (pid 4242 on elsewhere"), "{log}");
+    assert!(!log.contains("cannot renew") && !log.contains("taken over by another run"), "the lease was not renewed:\n{log}");
+    let lease: serde_json::Value =
+        serde_json::from_str(python_check("s3_helper.py", &["get", &endpoint, "faces", "runs/baseline/_lock", "-"], &env).trim()).unwrap();
+    assert_eq!(lease["expires_unix"], 0, "released at the end: {lease}");
+    assert_ne!(lease["pid"], 4242);
+    std::fs::remove_dir_all(dir).ok();
+}

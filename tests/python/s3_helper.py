@@ -2,6 +2,8 @@
 
 Usage: s3_helper.py upload ENDPOINT BUCKET PREFIX LOCAL_DIR
        s3_helper.py download ENDPOINT BUCKET PREFIX LOCAL_DIR
+       s3_helper.py put ENDPOINT BUCKET KEY LOCAL_FILE
+       s3_helper.py get ENDPOINT BUCKET KEY -        (prints the object)
 Credentials come from the AWS_* environment variables, as for cloakbench.
 """
 import pathlib
@@ -30,6 +32,10 @@ def main():
             dest.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, key, str(dest))
         print("\n".join(keys))
+    elif verb == "put":
+        s3.put_object(Bucket=bucket, Key=prefix, Body=local.read_bytes())
+    elif verb == "get":
+        sys.stdout.write(s3.get_object(Bucket=bucket, Key=prefix)["Body"].read().decode())
     else:
         sys.exit(f"unknown verb {verb}")
 
