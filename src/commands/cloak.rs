@@ -19,7 +19,9 @@ use crate::face::mtcnn::{Mtcnn, Settings};
 use crate::io::image::{DecodeLimits, decode, to_chw_f32};
 use crate::progress::{Progress, info};
 
-const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp"];
+/// Decoded pictures, and the phone formats we do not decode (listed so that each gets its
+/// "convert it first" message instead of being passed over in silence).
+const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "heic", "heif", "avif"];
 
 /// What the command was asked to do.
 pub struct Request {

@@ -7,7 +7,7 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage, imageops::FilterType};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage, imageops::FilterType};
 use serde::{Deserialize, Serialize};
 
 /// Bounds on what we agree to decode. The defaults admit any real photo (a 100-megapixel
@@ -72,8 +72,14 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeErro
     }
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| DecodeError(format!("cannot read: {e}")))?;
     let Some(format) = reader.format() else {
+        if let Some(advice) = unsupported_format(bytes) {
+            return fail(advice);
+        }
         return fail(format!("not an image: unrecognised content (first bytes {})", hex_prefix(bytes)));
     };
+    if !matches!(format, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Bmp | ImageFormat::Gif | ImageFormat::Tiff) {
+        return fail(format!("{format:?} pictures are not supported ({SUPPORTED}): convert it to JPEG or PNG first"));
+    }
     let format_name = format.extensions_str().first().copied().unwrap_or("unknown");
     let mut decoder = reader.into_decoder().map_err(|e| DecodeError(format!("invalid {format_name} header: {e}")))?;
     let (width, height) = decoder.dimensions();
@@ -85,10 +91,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeErro
     decoder.set_limits(decoder_limits).map_err(|e| DecodeError(format!("refused: {e}")))?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut picture = DynamicImage::from_decoder(decoder).map_err(|e| DecodeError(format!("corrupt {format_name} data: {e}")))?;
-    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+    if format == ImageFormat::Jpeg {
         // zune-jpeg fills a truncated scan with grey and reports success; a half-grey face
-        // would silently poison embeddings, so a JPEG without its end marker is an error.
-        return fail("truncated jpeg: the end-of-image marker is missing".into());
+        // would silently poison embeddings, so a JPEG that ends before its end marker is an error.
+        jpeg_structure(bytes).map_err(|e| DecodeError(format!("truncated jpeg: {e}")))?;
     }
     picture.apply_orientation(orientation);
     Ok(Decoded { rgb: picture.to_rgb8(), format: format_name, exif_orientation: orientation.to_exif() })
@@ -109,11 +115,71 @@ fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<()
     Ok(())
 }
 
-/// A complete JPEG ends with the EOI marker (FF D9), possibly followed by padding or a
-/// trailer some cameras append; we look for it near the end.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(4096)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+/// The formats decoded, for messages.
+pub const SUPPORTED: &str = "JPEG, PNG, WebP, BMP, GIF (first frame) and TIFF";
+
+/// Advice for the formats people have that we do not decode: HEIC (phone cameras' default) and
+/// AVIF, recognised by their ISO-BMFF `ftyp` brand.
+fn unsupported_format(bytes: &[u8]) -> Option<String> {
+    if bytes.len() < 12 || &bytes[4..8] != b"ftyp" {
+        return None;
+    }
+    let brand = &bytes[8..12];
+    let (name, convert) = match brand {
+        b"heic" | b"heix" | b"hevc" | b"hevx" | b"heim" | b"heis" | b"mif1" | b"msf1" => {
+            ("HEIC/HEIF (a phone camera's default)", "`heif-convert photo.heic photo.jpg` (Debian package libheif-examples)")
+        }
+        b"avif" | b"avis" => ("AVIF", "`heif-convert photo.avif photo.jpg` (libheif-examples) or `avifdec photo.avif photo.png`"),
+        _ => return None,
+    };
+    Some(format!("{name} pictures are not supported ({SUPPORTED}): convert it first, e.g. with {convert}, or export as JPEG"))
+}
+
+/// Walks a JPEG's segments to its end-of-image marker: every segment's length must fit in the
+/// file, and the entropy-coded data after each start-of-scan must end in a marker. Looking for
+/// the bytes FF D9 anywhere is not enough: a comment or an EXIF thumbnail can hold them while
+/// the scan itself was cut short. Bytes after the marker (camera trailers) are allowed.
+fn jpeg_structure(bytes: &[u8]) -> Result<(), String> {
+    let n = bytes.len();
+    let ended = || Err("the file ends before the end-of-image marker".to_owned());
+    let mut i = 2; // after SOI (the format sniffer checked it)
+    loop {
+        // Fill bytes (and any stray byte between segments, which decoders skip too).
+        while i < n && bytes[i] != 0xFF {
+            i += 1;
+        }
+        while i < n && bytes[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else { return ended() };
+        i += 1;
+        match marker {
+            0xD9 => return Ok(()),
+            0x01 | 0xD0..=0xD8 => continue, // standalone markers
+            _ => {}
+        }
+        let Some(len) = bytes.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize) else { return ended() };
+        if len < 2 {
+            return Err(format!("segment {marker:#04X} at byte {} has an invalid length {len}", i - 2));
+        }
+        if i + len > n {
+            return Err(format!("segment {marker:#04X} at byte {} is cut short", i - 2));
+        }
+        i += len;
+        if marker == 0xDA {
+            // Entropy-coded data: FF is followed by 00 (a stuffed byte) or a restart marker
+            // inside it; any other marker ends it.
+            loop {
+                match bytes.get(i..i + 2) {
+                    None => return Err("the scan data is cut short".to_owned()),
+                    Some([0xFF, next]) if *next == 0x00 || (0xD0..=0xD7).contains(next) => i += 2,
+                    Some([0xFF, 0xFF]) => i += 1,
+                    Some([0xFF, _]) => break,
+                    Some(_) => i += 1,
+                }
+            }
+        }
+    }
 }
 
 fn hex_prefix(bytes: &[u8]) -> String {
@@ -205,6 +271,36 @@ mod tests {
         let full = jpeg_with_orientation(64, 64, 1);
         let err = decode(&full[..full.len() - 40], &DecodeLimits::default()).unwrap_err();
         assert!(err.0.contains("truncated") || err.0.contains("corrupt"), "{err}");
+    }
+
+    /// A JPEG whose comment holds the end-of-image bytes, cut short in its scan: the decoder
+    /// fills the rest grey, and only the segment walk sees that the scan ends early.
+    #[test]
+    fn a_truncated_jpeg_is_refused_even_with_an_end_marker_in_a_comment() {
+        let plain = jpeg_with_orientation(64, 64, 1);
+        let mut with_comment = plain[..2].to_vec();
+        with_comment.extend_from_slice(&[0xFF, 0xFE, 0x00, 0x06, b'x', b'x', 0xFF, 0xD9]);
+        with_comment.extend_from_slice(&plain[2..]);
+        assert!(decode(&with_comment, &DecodeLimits::default()).is_ok(), "the whole file decodes");
+        let err = decode(&with_comment[..with_comment.len() - 40], &DecodeLimits::default()).unwrap_err();
+        assert!(err.0.contains("truncated jpeg") && err.0.contains("scan"), "{err}");
+        // A trailer after the end marker (some cameras add one) is fine.
+        let mut trailer = with_comment.clone();
+        trailer.extend_from_slice(b"camera trailer");
+        assert!(decode(&trailer, &DecodeLimits::default()).is_ok());
+    }
+
+    #[test]
+    fn gif_and_tiff_decode_and_heic_says_how_to_convert() {
+        for format in [ImageFormat::Gif, ImageFormat::Tiff] {
+            let mut out = Vec::new();
+            RgbImage::new(9, 4).write_to(&mut Cursor::new(&mut out), format).unwrap();
+            let d = decode(&out, &DecodeLimits::default()).unwrap();
+            assert_eq!((d.rgb.width(), d.rgb.height()), (9, 4), "{format:?}");
+        }
+        let heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic";
+        let err = decode(heic, &DecodeLimits::default()).unwrap_err();
+        assert!(err.0.contains("HEIC") && err.0.contains("heif-convert"), "{err}");
     }
 
     #[test]
