@@ -86,6 +86,10 @@ enum Command {
         /// Pictures optimised together.
         #[arg(long, default_value_t = 4)]
         batch_size: usize,
+        /// Bound on the pixels optimised at once (pictures x height x width of their faces'
+        /// regions): what memory follows.
+        #[arg(long, default_value_t = crate::attack::engine::DEFAULT_MAX_BATCH_PIXELS, value_parser = clap::value_parser!(i64).range(1..))]
+        max_batch_pixels: i64,
         #[arg(long, default_value_t = 0)]
         seed: i64,
         /// auto, cpu, cuda or cuda:N.
@@ -216,7 +220,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Models { command: ModelsCommand::List } => models_list(),
-        Command::Cloak { paths, method, mode, ensemble, format, jpeg_quality, out, recursive, batch_size, seed, device, quiet, report } => {
+        Command::Cloak { paths, method, mode, ensemble, format, jpeg_quality, out, recursive, batch_size, max_batch_pixels, seed, device, quiet, report } => {
             let method = match method {
                 MethodArg::Fawkes => crate::attack::methods::Method::Fawkes,
                 MethodArg::Lowkey => crate::attack::methods::Method::Lowkey,
@@ -232,6 +236,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 out,
                 recursive,
                 batch_size,
+                max_batch_pixels,
                 seed,
                 device,
                 quiet,

@@ -20,6 +20,8 @@ pub struct Cloaker {
     pub seed: i64,
     /// Overrides the method's step count.
     steps: Option<usize>,
+    /// Bound on the pixels optimised at once (see the engine).
+    max_batch_pixels: i64,
     ensemble: Vec<(Box<dyn FaceModel>, Alignment)>,
     /// The perceptual metric of methods with a perceptual budget, when its weights are installed.
     lpips: Option<LpipsAlex>,
@@ -55,7 +57,8 @@ impl Cloaker {
             bail!("the ensemble names no model");
         }
         let lpips = if config.budget.perceptual.is_some() { LpipsAlex::installed(device)? } else { None };
-        Ok(Cloaker { method, mode: mode.to_owned(), seed, steps: None, ensemble: load_with_alignment(ensemble, device)?, lpips, device })
+        let max_batch_pixels = engine::DEFAULT_MAX_BATCH_PIXELS;
+        Ok(Cloaker { method, mode: mode.to_owned(), seed, steps: None, max_batch_pixels, ensemble: load_with_alignment(ensemble, device)?, lpips, device })
     }
 
     /// How this run departs from the anchor tool (the `notes` column).
@@ -66,6 +69,12 @@ impl Cloaker {
     /// Runs `steps` optimisation steps instead of the method's own number.
     pub fn with_steps(mut self, steps: usize) -> Cloaker {
         self.steps = Some(steps);
+        self
+    }
+
+    /// Optimises at most `pixels` pixels at once (pictures x padded height x width).
+    pub fn with_max_batch_pixels(mut self, pixels: i64) -> Cloaker {
+        self.max_batch_pixels = pixels.max(1);
         self
     }
 
@@ -100,6 +109,7 @@ impl Cloaker {
     pub fn cloak(&self, targets: &[Target], user: Option<&[Tensor]>, target_identity: Option<&[Tensor]>) -> Result<Vec<Cloaked>> {
         let mut config = methods::config(self.method, &self.mode, self.seed)?;
         config.steps = self.steps();
+        config.max_batch_pixels = self.max_batch_pixels;
         let faceless = targets.iter().all(|t| t.faces.is_empty());
         config.objective.goal = match self.method {
             _ if faceless => Goal::Away,

@@ -18,14 +18,22 @@
 //!    pixel range;
 //! 5. the best iterate per picture that respects the budget is kept.
 //!
-//! Pictures of different sizes share a batch by zero-padding to the largest; crops only sample
-//! each picture's own region, and the padding is cut off at the end.
+//! Memory follows the pixels optimised, so the loop works on each picture's **face region**: the
+//! smallest rectangle that holds every pixel any crop of any face samples (with a margin),
+//! pasted back at the end. Methods that change only the faces (Fawkes, anti-clustering: their
+//! start noise is far below one grey level and every term is on face crops) always work on it:
+//! pixels outside it are never changed, and a face's cloak does not depend on the photo around
+//! it; LowKey perturbs and measures the whole picture, so it works on
+//! the region only when the picture alone is over the pixel budget. Pictures are then grouped by
+//! size into batches of at most `max_batch_pixels` (each zero-padded to its largest member; crops
+//! only sample their own picture, and the padding is cut off at the end); a single region over
+//! the budget is a batch of its own.
 
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};
 
 use super::ssim::dssim;
-use crate::face::align::{Alignment, CropPlan, FaceGeometry};
+use crate::face::align::{self, Alignment, CropPlan, FaceGeometry};
 use crate::models::lpips::LpipsAlex;
 use crate::models::{FaceModel, l2_normalise};
 
@@ -115,7 +123,13 @@ pub struct AttackConfig {
     pub objective: Objective,
     pub budget: Budget,
     pub seed: i64,
+    /// Bound on batch x padded height x padded width of one optimised batch.
+    pub max_batch_pixels: i64,
 }
+
+/// The default pixel budget of one optimised batch: 4 megapixels (64 LFW pictures, or one
+/// 2000 x 2000 face region), a few GB at most on CPU for Fawkes' two-model ensemble.
+pub const DEFAULT_MAX_BATCH_PIXELS: i64 = 4_000_000;
 
 /// A model of the attacker's ensemble and the crop it expects.
 pub struct Member<'a> {
@@ -150,6 +164,119 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>
     if ensemble.is_empty() {
         bail!("the attack needs at least one model in its ensemble");
     }
+    if targets.iter().all(|t| t.faces.is_empty()) {
+        return Ok(unchanged(targets));
+    }
+    let mut crops: Vec<Alignment> = ensemble.iter().map(|m| m.alignment).collect();
+    crops.push(BUDGET_CROP);
+    let confined = config.init_noise < 0.5 && config.budget.perceptual.is_none();
+    let regions: Vec<Region> = targets.iter().map(|t| Region::to_work_on(t, &crops, confined, config.max_batch_pixels)).collect();
+    let views: Vec<Target> = targets.iter().zip(&regions).map(|(t, r)| r.view(t)).collect();
+    let mut out: Vec<Option<Cloaked>> = targets.iter().map(|_| None).collect();
+    for group in pixel_groups(&views, config.max_batch_pixels) {
+        let batch: Vec<Target> = group.iter().map(|&i| Target { pixels: views[i].pixels.shallow_clone(), faces: views[i].faces.clone() }).collect();
+        for (&i, cloaked) in group.iter().zip(run_batch(config, ensemble, lpips, &batch, device)?) {
+            out[i] = Some(regions[i].paste(&targets[i], cloaked));
+        }
+    }
+    Ok(out.into_iter().map(|c| c.expect("every picture is in one group")).collect())
+}
+
+/// The rectangle of a picture the loop optimises: [x0, y0, x1, y1] in whole pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Region([i64; 4]);
+
+impl Region {
+    /// The faces' region when the method changes only faces or the picture is over `budget`
+    /// pixels; otherwise the whole picture.
+    fn to_work_on(target: &Target, crops: &[Alignment], confined: bool, budget: i64) -> Region {
+        let [_, h, w] = target.pixels.size()[..] else { unreachable!("pictures are [3, H, W]") };
+        let whole = Region([0, 0, w, h]);
+        if target.faces.is_empty() || (!confined && h * w <= budget) {
+            return whole;
+        }
+        Region::around_faces(&target.faces, crops, [h, w])
+    }
+
+    /// Every pixel a crop of these faces samples, grown by a tenth of its size (and 8 pixels)
+    /// for the resampling filter's reach, clipped to the picture.
+    fn around_faces(faces: &[FaceGeometry], crops: &[Alignment], [h, w]: [i64; 2]) -> Region {
+        let (mut x0, mut y0, mut x1, mut y1) = (f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY);
+        for face in faces {
+            for crop in crops {
+                let m = crop.output_to_input(face, [h, w]);
+                let [oh, ow] = crop.output_size().map(|v| v as f64);
+                for corner in [[0.0, 0.0], [ow, 0.0], [0.0, oh], [ow, oh]] {
+                    let [x, y] = align::apply(&m, corner);
+                    (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+                }
+            }
+        }
+        let margin = 8.0 + 0.1 * (x1 - x0).max(y1 - y0);
+        let clip = |v: f64, hi: i64| (v as i64).clamp(0, hi);
+        Region([clip((x0 - margin).floor(), w), clip((y0 - margin).floor(), h), clip((x1 + margin).ceil(), w), clip((y1 + margin).ceil(), h)])
+    }
+
+    /// The region's pixels, with the faces in its coordinates.
+    fn view(&self, target: &Target) -> Target {
+        let [x0, y0, x1, y1] = self.0;
+        let shift = |[x, y]: [f64; 2]| [x - x0 as f64, y - y0 as f64];
+        let faces = target
+            .faces
+            .iter()
+            .map(|f| FaceGeometry {
+                bbox: [f.bbox[0] - x0 as f64, f.bbox[1] - y0 as f64, f.bbox[2] - x0 as f64, f.bbox[3] - y0 as f64],
+                landmarks: f.landmarks.map(shift),
+            })
+            .collect();
+        Target { pixels: target.pixels.narrow(1, y0, y1 - y0).narrow(2, x0, x1 - x0), faces }
+    }
+
+    /// The whole picture with the cloaked region in place.
+    fn paste(&self, target: &Target, mut cloaked: Cloaked) -> Cloaked {
+        let [x0, y0, x1, y1] = self.0;
+        let size = target.pixels.size();
+        if [x0, y0, x1, y1] != [0, 0, size[2], size[1]] {
+            let whole = target.pixels.to_kind(Kind::Float).copy();
+            whole.narrow(1, y0, y1 - y0).narrow(2, x0, x1 - x0).copy_(&cloaked.pixels);
+            cloaked.pixels = whole;
+        }
+        cloaked
+    }
+}
+
+/// Batches of picture indices, similar sizes together, each with at most `budget` pixels once
+/// padded (count x largest height x largest width); a picture over the budget goes alone.
+fn pixel_groups(targets: &[Target], budget: i64) -> Vec<Vec<usize>> {
+    let size = |i: usize| {
+        let s = targets[i].pixels.size();
+        (s[1], s[2])
+    };
+    let mut order: Vec<usize> = (0..targets.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(i).0 * size(i).1));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let (mut hmax, mut wmax) = (0, 0);
+    for i in order {
+        let (h, w) = size(i);
+        match groups.last_mut() {
+            Some(g) if (g.len() as i64 + 1) * hmax.max(h) * wmax.max(w) <= budget => {
+                g.push(i);
+                (hmax, wmax) = (hmax.max(h), wmax.max(w));
+            }
+            _ => {
+                groups.push(vec![i]);
+                (hmax, wmax) = (h, w);
+            }
+        }
+    }
+    for g in &mut groups {
+        g.sort_unstable(); // batch order as given: the same pictures give the same batch
+    }
+    groups
+}
+
+/// [`run`] on one batch of regions.
+fn run_batch(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>, targets: &[Target], device: Device) -> Result<Vec<Cloaked>> {
     if targets.iter().all(|t| t.faces.is_empty()) {
         return Ok(unchanged(targets));
     }
@@ -441,5 +568,28 @@ impl State {
             Some(w0) => (&x / 127.5 - 1.0).clamp(-1.0 + 1e-6, 1.0 - 1e-6).atanh() - w0,
         };
         self.variable.f_copy_(&new).expect("in-place copy");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn picture(h: i64, w: i64) -> Target {
+        Target { pixels: Tensor::zeros([3, h, w], (Kind::Float, Device::Cpu)), faces: vec![] }
+    }
+
+    #[test]
+    fn batches_keep_within_the_pixel_budget_and_group_similar_sizes() {
+        let pictures = [picture(250, 250), picture(4000, 3000), picture(250, 250), picture(300, 200), picture(250, 250)];
+        let groups = pixel_groups(&pictures, 200_000);
+        // The large one alone; the three 250 x 250 together (187,500 pixels); a fourth, padded
+        // to 300 x 250, would make 300,000.
+        assert_eq!(groups, vec![vec![1], vec![0, 2, 4], vec![3]]);
+        let groups = pixel_groups(&pictures[..], 1_000_000_000);
+        assert_eq!(groups, vec![vec![0, 1, 2, 3, 4]]);
+        let mut all: Vec<usize> = pixel_groups(&pictures, 1).concat();
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3, 4], "every picture in exactly one batch");
     }
 }

@@ -19,7 +19,7 @@
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::engine::{AttackConfig, Budget, Distance, DssimBudget, Goal, Objective, Optimiser, Parameterisation};
+use super::engine::{AttackConfig, Budget, DEFAULT_MAX_BATCH_PIXELS, Distance, DssimBudget, Goal, Objective, Optimiser, Parameterisation};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,6 +83,7 @@ pub fn config(method: Method, mode: &str, seed: i64) -> Result<AttackConfig> {
                 objective: Objective { goal: Goal::Away, distance: Distance::NormalisedSquared, flip: false, smoothing: None },
                 budget: Budget { dssim: Some(DssimBudget { threshold: th, weight: 1e6, adaptive: true }), perceptual: None, linf, best_within: Some(1.1) },
                 seed,
+                max_batch_pixels: DEFAULT_MAX_BATCH_PIXELS,
             }
         }
         (Method::FawkesV03, _) => {
@@ -103,6 +104,7 @@ pub fn config(method: Method, mode: &str, seed: i64) -> Result<AttackConfig> {
                 objective: Objective { goal: Goal::Toward(vec![]), distance: Distance::NormalisedL2, flip: false, smoothing: None },
                 budget: Budget { dssim: Some(DssimBudget { threshold: th, weight: 1e9, adaptive: false }), perceptual: None, linf: None, best_within: None },
                 seed,
+                max_batch_pixels: DEFAULT_MAX_BATCH_PIXELS,
             }
         }
         (Method::Lowkey, "default") => AttackConfig {
@@ -114,6 +116,7 @@ pub fn config(method: Method, mode: &str, seed: i64) -> Result<AttackConfig> {
             objective: Objective { goal: Goal::Away, distance: Distance::MeanSquaredOverNorm, flip: true, smoothing: Some((7, 3.0)) },
             budget: Budget { dssim: None, perceptual: Some(0.05), linf: None, best_within: None },
             seed,
+            max_batch_pixels: DEFAULT_MAX_BATCH_PIXELS,
         },
         (Method::Anticluster, "default") => AttackConfig {
             parameterisation: Parameterisation::Tanh,
@@ -124,6 +127,7 @@ pub fn config(method: Method, mode: &str, seed: i64) -> Result<AttackConfig> {
             objective: Objective { goal: Goal::AwayFromCentroid(vec![]), distance: Distance::NormalisedSquared, flip: false, smoothing: None },
             budget: Budget { dssim: Some(DssimBudget { threshold: 0.012, weight: 1e6, adaptive: true }), perceptual: None, linf, best_within: Some(1.1) },
             seed,
+            max_batch_pixels: DEFAULT_MAX_BATCH_PIXELS,
         },
         _ => return bad_mode(method, mode),
     };

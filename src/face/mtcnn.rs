@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use image::RgbImage;
 use tch::{Device, Kind, Tensor, nn, nn::Module};
 
-use crate::io::image::to_chw_f32;
+use crate::io::image::{resize, to_chw_f32};
 
 /// A detected face: probability, box [x1, y1, x2, y2] and five landmarks (image-left eye,
 /// image-right eye, nose, image-left and image-right mouth corners), in picture pixels.
@@ -168,6 +168,23 @@ impl Mtcnn {
     pub fn detect(&self, rgb: &RgbImage, settings: &Settings) -> Result<Vec<Face>> {
         settings.check().map_err(|e| anyhow::anyhow!(e))?;
         Ok(tch::no_grad(|| self.detect_inner(rgb, settings)))
+    }
+
+    /// [`Mtcnn::detect`] on the picture shrunk to `max_side` (if larger), in the original
+    /// picture's pixel coordinates: bounds the time and memory a huge photo costs.
+    pub fn detect_within(&self, rgb: &RgbImage, settings: &Settings, max_side: Option<u32>) -> Result<Vec<Face>> {
+        let longer = rgb.width().max(rgb.height());
+        let Some(limit) = max_side.filter(|&limit| longer > limit) else { return self.detect(rgb, settings) };
+        let s = limit as f32 / longer as f32;
+        let (w, h) = (((rgb.width() as f32 * s).round() as u32).max(1), ((rgb.height() as f32 * s).round() as u32).max(1));
+        let small = resize(rgb, w, h);
+        let (sx, sy) = (rgb.width() as f32 / w as f32, rgb.height() as f32 / h as f32);
+        let scale_back = |f: Face| Face {
+            score: f.score,
+            bbox: [f.bbox[0] * sx, f.bbox[1] * sy, f.bbox[2] * sx, f.bbox[3] * sy],
+            landmarks: f.landmarks.map(|[x, y]| [x * sx, y * sy]),
+        };
+        Ok(self.detect(&small, settings)?.into_iter().map(scale_back).collect())
     }
 
     fn detect_inner(&self, rgb: &RgbImage, s: &Settings) -> Vec<Face> {

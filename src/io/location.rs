@@ -3,7 +3,9 @@
 //!
 //! Keys are used exactly as written: a picture called `hash#1.jpg`, `percent%41.jpg` or
 //! `ünïcødé_名前.jpg` is read under that very name, locally and on S3. A key may not climb out
-//! of its location (`..`), so nothing is ever read or written outside the folder or prefix.
+//! of its location (`..`), and locally a symlink below the location may not lead out of it
+//! (listed as an odd entry, refused on read and write), so nothing is ever read or written
+//! outside the folder or prefix. The location's own path may be a symlink: that is the user's choice.
 //!
 //! [`Location::walk`] accounts for every entry below a location: regular files are
 //! [`Listed::File`], and everything that cannot be read as a file (a name that is not UTF-8, a
@@ -170,7 +172,8 @@ impl Location {
             Backend::Local(dir) => {
                 let mut out = Vec::new();
                 let root = fs::metadata(dir).with_context(|| format!("{}: cannot list", self.url))?;
-                walk_local(dir, "", &mut vec![(root.dev(), root.ino())], &mut out);
+                let real = dir.canonicalize().with_context(|| format!("{}: cannot list", self.url))?;
+                walk_local(dir, "", &real, &mut vec![(root.dev(), root.ino())], &mut out);
                 out
             }
             Backend::S3 { store, prefix } => {
@@ -219,9 +222,12 @@ impl Location {
         let url = self.url_of(key);
         let too_large = |size: u64| anyhow!("{url}: file is {size} bytes, over the limit of {max_bytes} bytes");
         match &self.backend {
-            Backend::Local(_) => {
+            Backend::Local(dir) => {
                 let path = self.local_path(key)?;
                 let meta = fs::metadata(&path).with_context(|| format!("{url}: cannot read"))?;
+                // A key cannot climb out (`..`), and a symlink may not lead out either.
+                let root = dir.canonicalize().with_context(|| format!("{url}: cannot read"))?;
+                inside(&path, &root).map_err(|reason| anyhow!("{url}: {reason}"))?;
                 if !meta.is_file() {
                     // Opening a FIFO would block until someone writes to it.
                     bail!("{url}: cannot read: not a regular file ({})", file_kind(&meta.file_type()));
@@ -410,6 +416,10 @@ impl Location {
         let dest = self.local_path(key)?;
         let dir = dest.parent().expect("a key names a file inside the location");
         fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        // A folder below this location that is a symlink leading out would take the write out.
+        let Backend::Local(base) = &self.backend else { unreachable!("staging files are local") };
+        let base = base.canonicalize().with_context(|| format!("{}: cannot write", self.url))?;
+        inside(dir, &base).map_err(|reason| anyhow!("{}: cannot write: {reason}", self.url_of(key)))?;
         let name = dest.file_name().expect("a key has a file name").to_string_lossy();
         let staging = dir.join(format!(".{name}.staging-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
         let file = fs::File::create(&staging).with_context(|| format!("{}: cannot write", staging.display()))?;
@@ -458,7 +468,7 @@ fn check_key(key: &str) -> Result<()> {
 
 /// Lists `dir` (whose key is `rel`) into `out`; `ancestors` are the (device, inode) pairs of the
 /// folders on the way down, so a symlink back to one of them is a cycle, not an endless walk.
-fn walk_local(dir: &Path, rel: &str, ancestors: &mut Vec<(u64, u64)>, out: &mut Vec<Listed>) {
+fn walk_local(dir: &Path, rel: &str, root: &Path, ancestors: &mut Vec<(u64, u64)>, out: &mut Vec<Listed>) {
     let odd = |key: String, reason: String| Listed::Odd { key, reason };
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -480,6 +490,12 @@ fn walk_local(dir: &Path, rel: &str, ancestors: &mut Vec<(u64, u64)>, out: &mut 
             continue;
         }
         let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_symlink())
+            && let Err(reason) = inside(&path, root)
+        {
+            out.push(odd(key, reason));
+            continue;
+        }
         let meta = match fs::metadata(&path) {
             Ok(meta) => meta,
             Err(e) => {
@@ -501,7 +517,7 @@ fn walk_local(dir: &Path, rel: &str, ancestors: &mut Vec<(u64, u64)>, out: &mut 
                 continue;
             }
             ancestors.push((meta.dev(), meta.ino()));
-            walk_local(&path, &key, ancestors, out);
+            walk_local(&path, &key, root, ancestors, out);
             ancestors.pop();
         } else if meta.is_file() {
             let mtime = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
@@ -509,6 +525,18 @@ fn walk_local(dir: &Path, rel: &str, ancestors: &mut Vec<(u64, u64)>, out: &mut 
         } else {
             out.push(odd(key, format!("not a regular file ({})", file_kind(&meta.file_type()))));
         }
+    }
+}
+
+/// Refuses a path whose symlinks lead outside `root` (canonical): a dataset may not be used to
+/// read other files of the machine. A path that does not resolve (dangling, a loop) passes:
+/// reading it fails with its own reason.
+fn inside(path: &Path, root: &Path) -> Result<(), String> {
+    match path.canonicalize() {
+        Ok(real) if !real.starts_with(root) => {
+            Err(format!("symlink to {}, outside {}: refused (copy the file in, or name a folder that holds both)", real.display(), root.display()))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -645,6 +673,30 @@ mod tests {
         assert_eq!(listed.len(), 6, "{listed:?}");
         let loc = Location::open(dir.to_str().unwrap()).unwrap();
         assert!(format!("{:#}", loc.get("p/fifo.jpg").unwrap_err()).contains("not a regular file"), "a FIFO must not be opened");
+        fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn symlinks_cannot_lead_out_of_the_location() {
+        let dir = scratch("symlink-out");
+        let (inner, outside) = (dir.join("data"), dir.join("secret.txt"));
+        fs::create_dir_all(inner.join("ann")).unwrap();
+        fs::write(&outside, b"not yours").unwrap();
+        fs::write(inner.join("ann/own.jpg"), b"mine").unwrap();
+        std::os::unix::fs::symlink(&outside, inner.join("ann/out.jpg")).unwrap();
+        std::os::unix::fs::symlink("own.jpg", inner.join("ann/in.jpg")).unwrap();
+        std::os::unix::fs::symlink(&dir, inner.join("up")).unwrap();
+        let data = Location::open(inner.to_str().unwrap()).unwrap();
+        let listed = data.walk().unwrap();
+        let reason = |key: &str| listed.iter().find_map(|l| matches!(l, Listed::Odd { key: k, .. } if k == key).then(|| format!("{l:?}")));
+        assert!(reason("ann/out.jpg").is_some_and(|r| r.contains("outside")), "{listed:?}");
+        assert!(reason("up").is_some_and(|r| r.contains("outside")), "{listed:?}");
+        assert!(listed.iter().any(|l| l.key() == "ann/in.jpg" && matches!(l, Listed::File(_))), "a link inside is a file");
+        let err = format!("{:#}", data.get("ann/out.jpg").unwrap_err());
+        assert!(err.contains("outside"), "{err}");
+        assert_eq!(&data.get("ann/in.jpg").unwrap()[..], b"mine");
+        let err = format!("{:#}", data.put("up/written.txt", Bytes::from_static(b"x")).unwrap_err());
+        assert!(err.contains("cannot write") && !dir.join("written.txt").exists(), "{err}");
         fs::remove_dir_all(dir).ok();
     }
 

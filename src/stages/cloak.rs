@@ -74,9 +74,14 @@ pub struct Cloak {
     pub public_pictures: usize,
     #[serde(default)]
     pub seed: i64,
-    /// Pictures optimised together.
+    /// Pictures optimised together (also saved together: the chunk a rerun resumes from).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Bound on the pixels optimised at once (pictures x padded height x width): a batch is
+    /// split into groups of similar sizes within it, and each picture is worked on as its
+    /// faces' region (see the attack engine). Memory follows this, not the largest picture.
+    #[serde(default = "default_max_batch_pixels")]
+    pub max_batch_pixels: i64,
     #[serde(default = "default_format")]
     pub format: OutputFormat,
     #[serde(default = "default_quality")]
@@ -92,6 +97,9 @@ pub struct Cloak {
 
 fn default_batch() -> usize {
     4
+}
+fn default_max_batch_pixels() -> i64 {
+    crate::attack::engine::DEFAULT_MAX_BATCH_PIXELS
 }
 fn default_format() -> OutputFormat {
     OutputFormat::Png
@@ -128,6 +136,7 @@ impl StageConfig for Cloak {
             models::check_usable(id).map_err(|e| format!("ensemble: {id:?}: {e}"))?;
         }
         check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")?;
+        check(self.max_batch_pixels >= 1, "max_batch_pixels", self.max_batch_pixels, "at least 1")?;
         check((1..=100).contains(&self.jpeg_quality), "jpeg_quality", self.jpeg_quality, "within 1..100")?;
         check(self.steps.is_none_or(|s| s >= 1), "steps", self.steps, "at least 1")?;
         self.limits.check()?;
@@ -150,7 +159,7 @@ impl StageConfig for Cloak {
     fn run(&self, ctx: &mut Context) -> Result<()> {
         let device = self.device.resolve()?;
         let (mode, ensemble) = (self.mode(), self.ensemble());
-        let mut cloaker = Cloaker::new(self.method, &mode, &ensemble, device, self.seed)?;
+        let mut cloaker = Cloaker::new(self.method, &mode, &ensemble, device, self.seed)?.with_max_batch_pixels(self.max_batch_pixels);
         if let Some(steps) = self.steps {
             cloaker = cloaker.with_steps(steps);
         }

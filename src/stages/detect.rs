@@ -12,11 +12,10 @@
 use std::collections::HashMap;
 
 use anyhow::Result;
-use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::face::mtcnn::{self, Face, Mtcnn};
-use crate::io::image::{DecodeLimits, resize};
+use crate::face::mtcnn::{self, Mtcnn};
+use crate::io::image::DecodeLimits;
 use crate::io::pictures::PictureLoader;
 use crate::models::DeviceChoice;
 use crate::pipeline::{Chunks, Context, Kind, Slot, StageConfig, check, plan_from};
@@ -139,7 +138,7 @@ impl StageConfig for Detect {
                             rows.push(FaceRow { image_id: id, found: Found::Error(reason) });
                             continue;
                         }
-                        Ok(rgb) => detect_within(&detector, &rgb, &settings, self.max_side)?,
+                        Ok(rgb) => detector.detect_within(&rgb, &settings, self.max_side)?,
                     };
                     if found.is_empty() {
                         tally.skipped.add(format!("{}: no face found", picture.uri));
@@ -154,29 +153,6 @@ impl StageConfig for Detect {
         let kept = if ctx.has_input("known_faces") { format!(" ({reused} unchanged ones kept their known faces)") } else { String::new() };
         ctx.report.push(format!("detect: {} pictures{kept}; {no_face} without a face, {errors} unreadable", pictures.len()));
         Ok(())
-    }
-}
-
-/// Detects on the picture shrunk to `max_side` (if larger), in original pixel coordinates.
-fn detect_within(detector: &Mtcnn, rgb: &RgbImage, settings: &mtcnn::Settings, max_side: Option<u32>) -> Result<Vec<Face>> {
-    let longer = rgb.width().max(rgb.height());
-    match max_side {
-        Some(limit) if longer > limit => {
-            let s = limit as f32 / longer as f32;
-            let (w, h) = (((rgb.width() as f32 * s).round() as u32).max(1), ((rgb.height() as f32 * s).round() as u32).max(1));
-            let small = resize(rgb, w, h);
-            let (sx, sy) = (rgb.width() as f32 / w as f32, rgb.height() as f32 / h as f32);
-            Ok(detector
-                .detect(&small, settings)?
-                .into_iter()
-                .map(|f| Face {
-                    score: f.score,
-                    bbox: [f.bbox[0] * sx, f.bbox[1] * sy, f.bbox[2] * sx, f.bbox[3] * sy],
-                    landmarks: f.landmarks.map(|[x, y]| [x * sx, y * sy]),
-                })
-                .collect())
-        }
-        _ => detector.detect(rgb, settings),
     }
 }
 

@@ -88,6 +88,43 @@ fn a_cloak_moves_features_far_more_than_noise_of_the_same_size() {
     }
 }
 
+/// A face in a large photo is cloaked on its region: exactly the cloak the same face gets in a
+/// small picture, and not one pixel outside the region changes (memory follows the face, not
+/// the photo: the 6000 x 4000 photo of the issue took 4.65 GB and 373 s as a whole).
+#[test]
+fn a_face_in_a_large_photo_is_cloaked_on_its_region_alone() {
+    let (chips, _) = golden_batch("dlib_resnet29_150", "embeddings");
+    let template = DLIB_MEAN_FACE.map(|[x, y]| [(0.25 + x) / 1.5 * 150.0, (0.25 + y) / 1.5 * 150.0]);
+    let placed = |h: i64, w: i64, dx: i64, dy: i64| {
+        let canvas = Tensor::full([3, h, w], 128.0, (Kind::Float, Device::Cpu));
+        canvas.narrow(1, dy, 150).narrow(2, dx, 150).copy_(&chips.get(1));
+        let (fx, fy) = (dx as f64, dy as f64);
+        let face = FaceGeometry { bbox: [25.0 + fx, 20.0 + fy, 125.0 + fx, 135.0 + fy], landmarks: template.map(|[x, y]| [x + fx, y + fy]) };
+        engine::Target { pixels: canvas, faces: vec![face] }
+    };
+    let small = placed(400, 400, 120, 110);
+    let large = placed(4000, 6000, 4120, 2110);
+    let model = dlib();
+    let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
+    let started = std::time::Instant::now();
+    let out_large = engine::run(&fawkes("low", 5, 3), &ensemble, None, std::slice::from_ref(&large), Device::Cpu).unwrap();
+    eprintln!("5 steps on a face in a 6000 x 4000 photo: {:.1} s", started.elapsed().as_secs_f64());
+    let out_small = engine::run(&fawkes("low", 5, 3), &ensemble, None, std::slice::from_ref(&small), Device::Cpu).unwrap();
+    let changed = (&out_large[0].pixels - &large.pixels).abs().gt(0.0);
+    let rows = changed.any_dim(0, false).any_dim(1, false).nonzero();
+    let cols = changed.any_dim(0, false).any_dim(0, false).nonzero();
+    let span = |t: &Tensor| (t.min().int64_value(&[]), t.max().int64_value(&[]));
+    let ((y0, y1), (x0, x1)) = (span(&rows), span(&cols));
+    assert!(x0 >= 4000 && x1 < 4400 && y0 >= 2000 && y1 < 2400, "pixels changed outside the face's region: x {x0}..{x1}, y {y0}..{y1}");
+    let face_region = |t: &Tensor, dx: i64, dy: i64| t.narrow(1, dy - 100, 350).narrow(2, dx - 100, 350);
+    // Bit for bit: MKL runs in its reproducible mode (.cargo/config.toml), else its kernels
+    // depend on each buffer's alignment.
+    assert_eq!(cloakbench::runtime::mkl_mode(), "AUTO,STRICT", "MKL_CBWR is not set for the test process");
+    let (a, b) = (face_region(&out_large[0].pixels, 4120, 2110), face_region(&out_small[0].pixels, 120, 110));
+    assert!(a.equal(&b), "the face's cloak depends on the photo around it (by up to {})", (&a - &b).abs().max().double_value(&[]));
+    assert!((out_large[0].dssim - out_small[0].dssim).abs() < 1e-12 && out_large[0].dssim > 0.0);
+}
+
 /// An empty batch, or one whose pictures have no face, comes back as it went in.
 #[test]
 fn an_empty_or_faceless_batch_comes_back_unchanged() {
