@@ -171,7 +171,8 @@ impl Sampling {
     /// `m` maps output pixels into a picture held in a tensor of `picture_size` ([h, w]).
     fn new(m: Affine, picture_size: [i64; 2], out: [i64; 2]) -> Sampling {
         let shrink = (m[0][0] * m[1][1] - m[0][1] * m[1][0]).abs().sqrt();
-        let factor = (shrink.floor() as i64).max(1);
+        // A face far larger than its picture (a bad box) cannot pool beyond the picture itself.
+        let factor = (shrink.floor() as i64).clamp(1, picture_size[0].min(picture_size[1]).max(1));
         let (m, h_in, w_in) = if factor >= 2 {
             // A pixel centre x of the picture lies at (x + 0.5) / k - 0.5 in the pooled one.
             let k = factor as f64;

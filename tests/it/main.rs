@@ -14,6 +14,7 @@ mod fingerprints;
 mod golden;
 mod lpips;
 mod plan_errors;
+mod properties;
 mod resume;
 mod robustness;
 mod s3;
