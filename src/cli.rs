@@ -271,6 +271,10 @@ fn run(path: &Path, mut set: Vec<String>, run_root: Option<String>, options: Run
     if report {
         println!("report: {}", crate::report::write(&summary.run_dir, None, options.quiet)?);
     }
+    let retried = crate::io::retries::count();
+    if retried > 0 {
+        eprintln!("[cloakbench] S3: {retried} requests retried after transient faults (each logged above)");
+    }
     let failures = summary.failure_lines();
     if !failures.is_empty() {
         eprintln!("[cloakbench] summary of items that failed or were skipped (details in {}/_run.json):", summary.run_dir);

@@ -566,6 +566,16 @@ fn escape_name(bytes: &[u8]) -> String {
     out
 }
 
+/// object_store's retry policy (10 retries with exponential backoff from 0.1 s to 15 s, within
+/// 3 minutes), with the number of retries from `CLOAKBENCH_S3_RETRIES`.
+fn retry_config() -> Result<object_store::RetryConfig> {
+    let mut config = object_store::RetryConfig::default();
+    if let Ok(value) = std::env::var("CLOAKBENCH_S3_RETRIES") {
+        config.max_retries = value.parse().map_err(|_| anyhow!("CLOAKBENCH_S3_RETRIES={value:?}: expected a number of retries"))?;
+    }
+    Ok(config)
+}
+
 /// Fails at once, saying what to set, when no S3 credentials can be found. Without this the
 /// client asks the EC2 instance-metadata address, retries for a minute and fails with an error
 /// about a PUT to `169.254.169.254` that never mentions credentials. The metadata service is
@@ -606,7 +616,8 @@ fn instance_metadata_answers() -> bool {
 /// S3-compatible server) is allowed only when the endpoint URL itself says `http://`.
 fn s3_store(bucket: &str) -> Result<AmazonS3> {
     check_credentials_exist()?;
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    super::retries::log_them();
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry_config()?);
     let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL"));
     if let Ok(endpoint) = endpoint {
         builder = builder.with_endpoint(&endpoint).with_allow_http(endpoint.starts_with("http://"));

@@ -23,6 +23,7 @@ pub mod lease;
 pub mod location;
 pub mod parquet;
 pub mod pictures;
+pub mod retries;
 
 use std::{future::Future, sync::OnceLock};
 

@@ -206,6 +206,8 @@ fn write_manifest(plan: &Plan, run_dir: &Location, summary: &RunSummary) -> Resu
         "stages": summary.stages,
         "aliases": plan.aliases,
         "failed": summary.failed(),
+        // S3 requests this process retried after transient faults (see io::retries).
+        "s3_retries": io::retries::count(),
     });
     run_dir.put("_run.json", Bytes::from(serde_json::to_vec_pretty(&manifest)?))
 }

@@ -156,3 +156,107 @@ fn a_run_root_on_s3_has_one_writer_and_a_lapsed_lease_is_taken_over() {
     assert_ne!(lease["pid"], 4242);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The fault-injecting proxy of tests/python/s3_fault_proxy.py in front of `upstream`.
+fn start_fault_proxy(upstream: &str, seed: &str, log: &std::path::Path, extra: &[&str]) -> (Server, String) {
+    let upstream_port = upstream.rsplit(':').next().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(python())
+        .arg(repo().join("tests/python/s3_fault_proxy.py"))
+        .args([upstream_port, &port.to_string(), seed, log.to_str().unwrap()])
+        .args(extra)
+        .spawn()
+        .expect("start the fault proxy");
+    let server = Server(child);
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the fault proxy did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (server, format!("http://127.0.0.1:{port}"))
+}
+
+/// Faults counted by kind in the proxy's log.
+fn faults(log: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        *counts.entry(entry["fault"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// S3 through 500s, 503 SlowDown, delays, reset connections and bodies cut short: the run
+/// retries (logging each retry and the count) and ends with the tables of a fault-free run.
+/// A permanent fault on one object fails the run with an error naming that object and no
+/// credential, and leaves no object under that table's name.
+#[test]
+fn runs_through_s3_faults_end_with_the_fault_free_tables_or_an_error_naming_the_object() {
+    let fixture = shared("datasets/fixture_facescrub12x10");
+    let (_server, endpoint) = start_moto();
+    let env = |endpoint: &str| {
+        vec![
+            ("AWS_ACCESS_KEY_ID", KEY_ID.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ]
+    };
+    let as_refs = |v: &[(&'static str, String)]| v.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>();
+    let direct = env(&endpoint);
+    let direct_refs: Vec<(&str, &str)> = direct.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    python_check("s3_helper.py", &["upload", &endpoint, "faces", "fixture", fixture.to_str().unwrap()], &direct_refs);
+    let run = |root: &str, envs: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_cloakbench"))
+            .args(["run", "pipelines/baseline.toml", "--set", "ingest.dataset=s3://faces/fixture", "--run-root", root])
+            .envs(envs.iter().copied())
+            .current_dir(repo())
+            .output()
+            .unwrap()
+    };
+    let clean = run("s3://faces/clean", &direct_refs);
+    assert!(clean.status.success(), "{}", text(&clean.stderr));
+
+    let dir = scratch("s3-faults");
+    let log = dir.join("faults.jsonl");
+    let (_proxy, proxied) = start_fault_proxy(&endpoint, "7", &log, &[]);
+    let through = as_refs(&env(&proxied));
+    let through_refs: Vec<(&str, &str)> = through.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let faulty = run("s3://faces/faulty", &through_refs);
+    let err = text(&faulty.stderr);
+    assert!(faulty.status.success(), "the run did not survive the faults {:?}:\n{err}", faults(&log));
+    let injected = faults(&log);
+    let total: usize = injected.values().sum();
+    let retried = err.lines().filter(|l| l.contains("S3 retry")).count();
+    eprintln!("faults injected: {injected:?} ({total}); retries logged: {retried}");
+    assert!(total >= 10 && injected.len() >= 4, "too few faults to mean anything: {injected:?}");
+    assert!(retried >= 1 && err.contains(&format!("S3: {retried} requests retried")), "{err}");
+    assert!(!err.contains(SECRET) && !err.contains(KEY_ID), "credentials in the log");
+    let (a, b) = (dir.join("clean"), dir.join("faulty"));
+    python_check("s3_helper.py", &["download", &endpoint, "faces", "clean/baseline", a.to_str().unwrap()], &direct_refs);
+    python_check("s3_helper.py", &["download", &endpoint, "faces", "faulty/baseline", b.to_str().unwrap()], &direct_refs);
+    let same = python_check("compare_runs.py", &[a.to_str().unwrap(), b.to_str().unwrap()], &[]);
+    eprintln!("tables after the faults, against the fault-free run: {}", same.trim());
+
+    // A permanent fault on the metrics table's upload: an error naming it, after 2 retries.
+    let log = dir.join("permanent.jsonl");
+    let (_proxy, proxied) = start_fault_proxy(&endpoint, "8", &log, &["--fail-put", "metrics.parquet"]);
+    let mut through = as_refs(&env(&proxied));
+    through.push(("CLOAKBENCH_S3_RETRIES", "2".to_owned()));
+    let through_refs: Vec<(&str, &str)> = through.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let failed = run("s3://faces/permanent", &through_refs);
+    let err = text(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{err}");
+    assert!(err.contains("s3://faces/permanent/baseline/metrics.parquet") && !err.contains(SECRET) && !err.contains(KEY_ID), "{err}");
+    let listing = python_check("s3_helper.py", &["download", &endpoint, "faces", "permanent/baseline", dir.join("permanent").to_str().unwrap()], &direct_refs);
+    assert!(!listing.contains("metrics.parquet") && listing.contains("predictions.parquet"), "{listing}");
+    // What was written is whole: every table there reads back.
+    let code = format!(
+        "import glob, polars as pl\nfor f in glob.glob({:?} + '/*.parquet'): pl.read_parquet(f)\nprint('ok')",
+        dir.join("permanent").display().to_string()
+    );
+    let read = Command::new(python()).args(["-c", &code]).output().unwrap();
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    eprintln!("permanent fault: {:?}; the run failed naming the object", faults(&log));
+    std::fs::remove_dir_all(dir).ok();
+}
