@@ -34,9 +34,11 @@ lint: setup
 test: build lint
 	cargo test --release --locked -- --test-threads=1
 
-## Throughput of ingest and embed against the raw model (a benchmark, not a test).
+## The CPU benchmarks (minutes, not tests): ingest and embed against the raw model, every cloak
+## method against plain PyTorch. Figures on stdout and in runs/bench/<bench>/bench.parquet.
 bench: build
 	$(BIN) bench baseline $(ARGS)
+	$(BIN) bench cloak $(CLOAK_ARGS)
 
 ## Every model: probe and 1-NN accuracy (facescrub12), LFW verification AUC, images/s.
 bench-zoo: build

@@ -113,6 +113,9 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+        /// Where the figures are written as a table (`<out>/<bench>/bench.parquet`).
+        #[arg(long, global = true, default_value = "runs/bench")]
+        out: String,
     },
 }
 
@@ -244,12 +247,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Stages => stages(),
-        Command::Bench { command: BenchCommand::Baseline { dataset, model, batch_size, device } } => {
-            crate::commands::bench::baseline(&dataset, &model, batch_size, &device)
+        Command::Bench { command: BenchCommand::Baseline { dataset, model, batch_size, device }, out } => {
+            crate::commands::bench::baseline(&dataset, &model, batch_size, &device, &out)
         }
-        Command::Bench { command: BenchCommand::Zoo { run_root, force } } => crate::commands::bench::zoo(&run_root, force),
-        Command::Bench { command: BenchCommand::Cloak { size, pictures, steps, batch_sizes, device } } => {
-            crate::commands::bench::cloak([size[0], size[1]], pictures, steps, &batch_sizes, &device)
+        Command::Bench { command: BenchCommand::Zoo { run_root, force }, out } => crate::commands::bench::zoo(&run_root, force, &out),
+        Command::Bench { command: BenchCommand::Cloak { size, pictures, steps, batch_sizes, device }, out } => {
+            crate::commands::bench::cloak([size[0], size[1]], pictures, steps, &batch_sizes, &device, &out)
         }
     }
 }

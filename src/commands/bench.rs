@@ -16,9 +16,10 @@ use tch::{Kind, Tensor};
 use crate::io::parquet;
 use crate::pipeline::{self, RunOptions};
 use crate::stages::KINDS;
+use crate::tables::bench::{self, Figure};
 use crate::tables::{metrics, verification};
 
-pub fn baseline(dataset: &str, model: &str, batch_size: usize, device: &str) -> Result<ExitCode> {
+pub fn baseline(dataset: &str, model: &str, batch_size: usize, device: &str, out: &str) -> Result<ExitCode> {
     let scratch = std::env::temp_dir().join(format!("cloakbench-bench-{}", std::process::id()));
     let ingest = format!(
         "[pipeline]\nname = \"bench\"\nrun_root = {root:?}\n[stages.ingest]\nkind = \"ingest\"\ndataset = {dataset:?}\n",
@@ -52,7 +53,43 @@ pub fn baseline(dataset: &str, model: &str, batch_size: usize, device: &str) -> 
     println!("  raw forward     {n_embedded:>6} images  {raw_s:>7.2} s  {:>8.1} images/s  (random tensors, same batch size)", n_embedded as f64 / raw_s);
     println!("  embed / raw forward throughput: {:.2}  (1.00 = no pipeline overhead)", raw_s / embed_s);
     println!("  peak resident memory: {peak_mib:.0} MiB");
+    let figure = |subject: &str, metric: &str, value: f64, unit: &str, reference: Option<f64>| Figure {
+        bench: "baseline".into(),
+        device: device_name(dev),
+        subject: subject.into(),
+        batch_size: Some(batch_size as i64),
+        metric: metric.into(),
+        value,
+        unit: unit.into(),
+        reference,
+    };
+    write_figures(
+        out,
+        "baseline",
+        &[
+            figure("ingest", "images_per_s", n_images as f64 / ingest_s, "images/s", None),
+            figure(&format!("embed {model}"), "images_per_s", n_embedded as f64 / embed_s, "images/s", Some(n_embedded as f64 / raw_s)),
+            figure("process", "peak_rss", peak_mib, "MiB", None),
+        ],
+    )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The device as the bench table names it.
+fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Writes `<out>/<bench>/bench.parquet` and says where.
+fn write_figures(out: &str, bench: &str, figures: &[Figure]) -> Result<()> {
+    let dir = crate::io::Location::create(out)?.child(bench);
+    let table = bench::batch(figures)?;
+    parquet::write(&dir, "bench", table.schema(), &[table])?;
+    println!("figures: {}", dir.url_of("bench.parquet"));
+    Ok(())
 }
 
 /// Seconds for the model alone to embed `n` random pictures in batches of `batch_size`.
@@ -82,7 +119,7 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// Runs the zoo pipelines and prints one line per model.
-pub fn zoo(run_root: &str, force: bool) -> Result<ExitCode> {
+pub fn zoo(run_root: &str, force: bool, out: &str) -> Result<ExitCode> {
     let options = RunOptions { force, quiet: false };
     let mut rows: BTreeMap<String, ZooRow> = BTreeMap::new();
     for file in ["pipelines/zoo_facescrub12.toml", "pipelines/zoo_lfw.toml"] {
@@ -102,6 +139,22 @@ pub fn zoo(run_root: &str, force: bool) -> Result<ExitCode> {
         tch::get_num_threads(),
         tch::Device::cuda_if_available()
     );
+    let mut figures = Vec::new();
+    for (model, r) in &rows {
+        let values = [
+            ("probe_accuracy", r.probe, "fraction"),
+            ("nearest_accuracy", r.nearest, "fraction"),
+            ("lfw_auc", r.auc, "fraction"),
+            ("lfw_eer", r.eer, "fraction"),
+        ];
+        for (metric, value, unit) in values.into_iter().chain([("images_per_s", r.images_per_s, "images/s")]) {
+            let Some(value) = value else { continue };
+            let batch_size = (metric == "images_per_s").then_some(r.batch_size).flatten();
+            let (bench, device) = ("zoo".into(), device_name(tch::Device::cuda_if_available()));
+            figures.push(Figure { bench, device, subject: model.clone(), batch_size, metric: metric.into(), value, unit: unit.into(), reference: None });
+        }
+    }
+    write_figures(out, "zoo", &figures)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -112,6 +165,7 @@ struct ZooRow {
     auc: Option<f64>,
     eer: Option<f64>,
     images_per_s: Option<f64>,
+    batch_size: Option<i64>,
 }
 
 /// Reads the overall metrics, verification figures and embed timings of a finished zoo run.
@@ -131,7 +185,9 @@ fn collect_zoo_figures(dir: &crate::io::Location, plan: &pipeline::Plan, rows: &
             let table_name = &stage.outputs["embeddings"];
             let n: usize = parquet::read(dir, table_name)?.iter().map(|b| b.num_rows()).sum();
             let model = stage.stage.describe()["model"].as_str().unwrap_or_default().to_owned();
-            rows.entry(model.to_owned()).or_default().images_per_s = Some(n as f64 / seconds);
+            let row = rows.entry(model.to_owned()).or_default();
+            row.images_per_s = Some(n as f64 / seconds);
+            row.batch_size = stage.stage.describe()["batch_size"].as_i64();
         }
     }
     if plan.writes("verification") {
@@ -149,10 +205,10 @@ fn collect_zoo_figures(dir: &crate::io::Location, plan: &pipeline::Plan, rows: &
 ///
 /// Every method runs `steps` optimisation steps (a short run, to keep the benchmark minutes
 /// long); the per-step time is projected onto each method's own schedule.
-pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize], device_name: &str) -> Result<ExitCode> {
+pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize], device: &str, out: &str) -> Result<ExitCode> {
     use crate::attack::{engine, methods};
     use crate::face::align::{Alignment, DLIB_MEAN_FACE, FaceGeometry};
-    let device = crate::models::device(device_name)?;
+    let device = crate::models::device(device)?;
     let golden = std::path::Path::new("../shared/golden/dlib_resnet29_150/inputs");
     let png = std::fs::read_dir(golden)
         .with_context(|| format!("{}: the benchmark picture comes from the golden inputs", golden.display()))?
@@ -182,6 +238,8 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
     println!("{:<22} {:>6} {:>14} {:>16} {:>12}", "method", "batch", "s/pic/step", "s/pic (schedule)", "pictures/s");
     let mut fawkes_best = f64::INFINITY;
     let mut fawkes_batch1 = f64::NAN;
+    // (method and mode, schedule, batch, seconds per picture-step)
+    let mut measured: Vec<(String, usize, usize, f64)> = Vec::new();
     for (method, mode) in
         [(methods::Method::Fawkes, "low"), (methods::Method::Fawkes, "mid"), (methods::Method::Fawkes, "high"), (methods::Method::Lowkey, "default")]
     {
@@ -207,6 +265,7 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
                 }
             }
             println!("{:<22} {batch:>6} {per_step:>14.4} {per_picture:>16.2} {:>12.3}", format!("{} {mode} ({schedule})", method.name()), 1.0 / per_picture);
+            measured.push((format!("{} {mode}", method.name()), schedule, batch, per_step));
         }
     }
     // The plain PyTorch reference, same picture, size, steps and threads.
@@ -242,5 +301,24 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
         fawkes_best / ref_best
     );
     println!("(the engine also measures DSSIM on Fawkes' 112x112 square crop and keeps the best iterate; the script does neither)");
+    // The reference is the Fawkes attack, so only Fawkes rows get its figures beside them.
+    let reference_at = |batch: usize| reference.iter().find(|r| r.0 == batch).map(|r| r.1);
+    let mut figures = Vec::new();
+    for (subject, schedule, batch, per_step) in &measured {
+        let reference = if subject.starts_with("fawkes ") { reference_at(*batch) } else { None };
+        let figure = |metric: &str, value: f64, reference: Option<f64>| Figure {
+            bench: "cloak".into(),
+            device: device_name(device),
+            subject: subject.clone(),
+            batch_size: Some(*batch as i64),
+            metric: metric.into(),
+            value,
+            unit: "s".into(),
+            reference,
+        };
+        figures.push(figure("s_per_picture_step", *per_step, reference));
+        figures.push(figure("s_per_picture", per_step * *schedule as f64, reference.map(|r| r * *schedule as f64)));
+    }
+    write_figures(out, "cloak", &figures)?;
     Ok(ExitCode::SUCCESS)
 }

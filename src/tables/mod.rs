@@ -9,6 +9,7 @@
 //! every written file back with Polars and Pandas and check it against its schema, found by the
 //! `cloakbench.table` key each file carries.
 
+pub mod bench;
 pub mod cloak_shifts;
 pub mod cloaks;
 pub mod clusters;
@@ -77,6 +78,7 @@ const SCHEMA_FILES: &[(&str, &str)] = &[
     ("clusters", include_str!("../../schemas/clusters.toml")),
     ("cluster_metrics", include_str!("../../schemas/cluster_metrics.toml")),
     ("results", include_str!("../../schemas/results.toml")),
+    ("bench", include_str!("../../schemas/bench.toml")),
 ];
 
 /// The documented schema called `name`, with the columns of the schema it is based on first.

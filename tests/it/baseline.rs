@@ -97,3 +97,19 @@ fn a_manifest_names_the_pictures_and_their_identities() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Every benchmark writes its figures as a `bench` table beside what it prints: checked against
+/// its schema with Polars and Pandas, each ratio our value over the reference's.
+#[test]
+fn benchmarks_write_their_figures_as_a_table() {
+    let out = scratch("bench-table");
+    let dataset = shared("datasets/fixture_lfw10x10");
+    let o = out.to_str().unwrap();
+    cloakbench(&["bench", "baseline", "--dataset", dataset.to_str().unwrap(), "--out", o], &[]);
+    cloakbench(&["bench", "cloak", "--pictures", "1", "--steps", "1", "--batch-sizes", "1", "--size", "160", "160", "--out", o], &[]);
+    let baseline = python_check("check_tables.py", &[out.join("baseline").to_str().unwrap()], &[]);
+    assert!(baseline.contains("images_per_s") && baseline.contains("peak_rss"), "{baseline}");
+    let cloak = python_check("check_tables.py", &[out.join("cloak").to_str().unwrap()], &[]);
+    assert!(cloak.contains("\"bench\": 8") && cloak.contains("s_per_picture_step"), "4 methods x 2 figures: {cloak}");
+    std::fs::remove_dir_all(out).ok();
+}

@@ -21,21 +21,26 @@ impl Drop for Server {
 }
 
 pub fn start_moto() -> (Server, String) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let moto = python().parent().unwrap().join("moto_server");
-    let child = Command::new(moto)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto_server (installed in .venv by make setup)");
-    let server = Server(child);
+    let mut cmd = Command::new(moto);
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
+    (serve(cmd, port, "moto_server (installed in .venv by make setup)"), format!("http://127.0.0.1:{port}"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts a server and waits until it accepts connections on `port`.
+fn serve(mut cmd: Command, port: u16, what: &str) -> Server {
+    let server = Server(cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}")));
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(60), "{what} did not start");
+        std::thread::sleep(Duration::from_millis(100));
     }
-    (server, format!("http://127.0.0.1:{port}"))
+    server
 }
 
 #[test]
@@ -103,7 +108,7 @@ const AWS_VARIABLES: [&str; 9] = [
 #[test]
 fn s3_without_credentials_fails_at_once_saying_so() {
     // No metadata service either: a local port nobody listens on refuses the connection.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = free_port();
     let root = scratch("s3-no-credentials");
     let started = Instant::now();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloakbench"));
@@ -160,20 +165,10 @@ fn a_run_root_on_s3_has_one_writer_and_a_lapsed_lease_is_taken_over() {
 /// The fault-injecting proxy of tests/python/s3_fault_proxy.py in front of `upstream`.
 fn start_fault_proxy(upstream: &str, seed: &str, log: &std::path::Path, extra: &[&str]) -> (Server, String) {
     let upstream_port = upstream.rsplit(':').next().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(python())
-        .arg(repo().join("tests/python/s3_fault_proxy.py"))
-        .args([upstream_port, &port.to_string(), seed, log.to_str().unwrap()])
-        .args(extra)
-        .spawn()
-        .expect("start the fault proxy");
-    let server = Server(child);
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the fault proxy did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (server, format!("http://127.0.0.1:{port}"))
+    let port = free_port();
+    let mut cmd = Command::new(python());
+    cmd.arg(repo().join("tests/python/s3_fault_proxy.py")).args([upstream_port, &port.to_string(), seed, log.to_str().unwrap()]).args(extra);
+    (serve(cmd, port, "the fault proxy"), format!("http://127.0.0.1:{port}"))
 }
 
 /// Faults counted by kind in the proxy's log.
@@ -194,35 +189,29 @@ fn faults(log: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
 fn runs_through_s3_faults_end_with_the_fault_free_tables_or_an_error_naming_the_object() {
     let fixture = shared("datasets/fixture_facescrub12x10");
     let (_server, endpoint) = start_moto();
-    let env = |endpoint: &str| {
-        vec![
-            ("AWS_ACCESS_KEY_ID", KEY_ID.to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET.to_owned()),
-            ("AWS_REGION", "us-east-1".to_owned()),
-            ("AWS_ENDPOINT_URL", endpoint.to_owned()),
-        ]
+    // The credentials and an endpoint: moto itself, or the proxy in front of it.
+    let env = |endpoint: &str, extra: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        let base = [("AWS_ACCESS_KEY_ID", KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET), ("AWS_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", endpoint)];
+        base.iter().chain(extra).map(|(k, v)| (*k, (*v).to_owned())).collect()
     };
-    let as_refs = |v: &[(&'static str, String)]| v.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>();
-    let direct = env(&endpoint);
+    let direct = env(&endpoint, &[]);
     let direct_refs: Vec<(&str, &str)> = direct.iter().map(|(k, v)| (*k, v.as_str())).collect();
     python_check("s3_helper.py", &["upload", &endpoint, "faces", "fixture", fixture.to_str().unwrap()], &direct_refs);
-    let run = |root: &str, envs: &[(&str, &str)]| {
+    let run = |root: &str, envs: &[(&'static str, String)]| {
         Command::new(env!("CARGO_BIN_EXE_cloakbench"))
             .args(["run", "pipelines/baseline.toml", "--set", "ingest.dataset=s3://faces/fixture", "--run-root", root])
-            .envs(envs.iter().copied())
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .current_dir(repo())
             .output()
             .unwrap()
     };
-    let clean = run("s3://faces/clean", &direct_refs);
+    let clean = run("s3://faces/clean", &direct);
     assert!(clean.status.success(), "{}", text(&clean.stderr));
 
     let dir = scratch("s3-faults");
     let log = dir.join("faults.jsonl");
     let (_proxy, proxied) = start_fault_proxy(&endpoint, "7", &log, &[]);
-    let through = as_refs(&env(&proxied));
-    let through_refs: Vec<(&str, &str)> = through.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let faulty = run("s3://faces/faulty", &through_refs);
+    let faulty = run("s3://faces/faulty", &env(&proxied, &[]));
     let err = text(&faulty.stderr);
     assert!(faulty.status.success(), "the run did not survive the faults {:?}:\n{err}", faults(&log));
     let injected = faults(&log);
@@ -241,10 +230,7 @@ fn runs_through_s3_faults_end_with_the_fault_free_tables_or_an_error_naming_the_
     // A permanent fault on the metrics table's upload: an error naming it, after 2 retries.
     let log = dir.join("permanent.jsonl");
     let (_proxy, proxied) = start_fault_proxy(&endpoint, "8", &log, &["--fail-put", "metrics.parquet"]);
-    let mut through = as_refs(&env(&proxied));
-    through.push(("CLOAKBENCH_S3_RETRIES", "2".to_owned()));
-    let through_refs: Vec<(&str, &str)> = through.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let failed = run("s3://faces/permanent", &through_refs);
+    let failed = run("s3://faces/permanent", &env(&proxied, &[("CLOAKBENCH_S3_RETRIES", "2")]));
     let err = text(&failed.stderr);
     assert_eq!(failed.status.code(), Some(1), "{err}");
     assert!(err.contains("s3://faces/permanent/baseline/metrics.parquet") && !err.contains(SECRET) && !err.contains(KEY_ID), "{err}");

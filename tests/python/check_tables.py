@@ -1,6 +1,7 @@
 """Reads a run's tables back with Polars and Pandas and checks them against schemas/*.toml.
 
 Usage: check_tables.py RUN_DIR [--expect-errors N]
+(a folder with only a `bench` table, as `cloakbench bench` writes, gets that table's checks)
 
 Checks every Parquet file of the run against the schema its `cloakbench.table` metadata names
 (so renamed and fanned-out tables are covered too; a file naming no schema is an error): the
@@ -72,6 +73,14 @@ def main():
             tables[name] = df
         if name == "embeddings":
             embeddings.append(df)
+    if "bench" in tables and "images" not in tables:
+        bench = tables["bench"]
+        with_ref = bench.filter(pl.col("reference").is_not_null())
+        assert bench["ratio"].is_null().equals(bench["reference"].is_null()), "a ratio without a reference, or the reverse"
+        assert ((with_ref["ratio"] - with_ref["value"] / with_ref["reference"]).abs() < 1e-9).all(), "ratio is not value / reference"
+        assert (bench["value"] > 0).all() and bench["value"].is_finite().all(), "a figure that is not a positive number"
+        print(json.dumps({"rows": {k: len(v) for k, v in files.items()}, "metrics": sorted(set(bench["metric"]))}))
+        return
     assert "images" in tables, f"no images table in {run}"
     images = tables["images"]
     assert images["image_id"].n_unique() == len(images), "duplicate image ids"
