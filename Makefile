@@ -34,10 +34,11 @@ lint: setup
 test: build lint
 	cargo test --release --locked -- --test-threads=1
 
-## The CPU benchmarks (minutes, not tests): ingest and embed against the raw model, every cloak
-## method against plain PyTorch. Figures on stdout and in runs/bench/<bench>/bench.parquet.
+## The CPU benchmarks (minutes, not tests): ingest and embed against the raw model, decoding on
+## one thread and on all, every cloak method against plain PyTorch. Figures on stdout and in runs/bench/<bench>/bench.parquet.
 bench: build
 	$(BIN) bench baseline $(ARGS)
+	$(BIN) bench decode
 	$(BIN) bench cloak $(CLOAK_ARGS)
 
 ## Every model: probe and 1-NN accuracy (facescrub12), LFW verification AUC, images/s.

@@ -145,6 +145,12 @@ enum BenchCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Decoding and resizing pictures/s on 1 thread and on every core, the speed-up as the
+    /// ratio (files read into memory first: no storage in the figure).
+    Decode {
+        #[arg(long, default_value = "../shared/datasets/facescrub12")]
+        dataset: String,
+    },
     /// Seconds per picture of each cloak method at several batch sizes, beside the same Fawkes
     /// attack in plain PyTorch on the same weights (scripts/reference/fawkes_attack.py).
     Cloak {
@@ -250,6 +256,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Bench { command: BenchCommand::Baseline { dataset, model, batch_size, device }, out } => {
             crate::commands::bench::baseline(&dataset, &model, batch_size, &device, &out)
         }
+        Command::Bench { command: BenchCommand::Decode { dataset }, out } => crate::commands::bench::decode(&dataset, &out),
         Command::Bench { command: BenchCommand::Zoo { run_root, force }, out } => crate::commands::bench::zoo(&run_root, force, &out),
         Command::Bench { command: BenchCommand::Cloak { size, pictures, steps, batch_sizes, device }, out } => {
             crate::commands::bench::cloak([size[0], size[1]], pictures, steps, &batch_sizes, &device, &out)

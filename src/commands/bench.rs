@@ -200,6 +200,45 @@ fn collect_zoo_figures(dir: &crate::io::Location, plan: &pipeline::Plan, rows: &
     Ok(())
 }
 
+/// Pictures/s of decoding (EXIF orientation, limits) and resizing to dlib's 150 x 150 input,
+/// on one thread and then on every core (rayon pools of each size over the same pictures,
+/// read into memory first). The all-core figure's reference is the one-thread figure, so its
+/// ratio is the speed-up.
+pub fn decode(dataset: &str, out: &str) -> Result<ExitCode> {
+    use rayon::prelude::*;
+    let data = crate::io::Location::open(dataset)?;
+    let files: Vec<bytes::Bytes> = data.files()?.iter().map(|e| data.get(&e.key)).collect::<Result<_>>()?;
+    let limits = crate::io::image::DecodeLimits::default();
+    let work = |bytes: &bytes::Bytes| -> usize {
+        crate::io::image::decode(bytes, &limits).map_or(0, |d| crate::io::image::to_chw_f32(&crate::io::image::resize(&d.rgb, 150, 150)).len())
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut figures = Vec::new();
+    let mut one_thread = None;
+    println!("cloakbench bench decode: {} files of {dataset}, decode + resize to 150x150", files.len());
+    for threads in if cores > 1 { vec![1, cores] } else { vec![1] } {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        let t = Instant::now();
+        let decoded: usize = pool.install(|| files.par_iter().map(work).filter(|&n| n > 0).count());
+        let rate = decoded as f64 / t.elapsed().as_secs_f64();
+        let speedup = one_thread.map(|r| rate / r);
+        println!("  {threads:>2} threads  {rate:>8.1} pictures/s{}", speedup.map_or(String::new(), |s| format!("  ({s:.2}x one thread)")));
+        figures.push(Figure {
+            bench: "decode".into(),
+            device: format!("cpu ({threads} threads)"),
+            subject: "decode + resize".into(),
+            batch_size: None,
+            metric: "images_per_s".into(),
+            value: rate,
+            unit: "images/s".into(),
+            reference: one_thread,
+        });
+        one_thread = one_thread.or(Some(rate));
+    }
+    write_figures(out, "decode", &figures)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Seconds per picture of each cloak method at several batch sizes, beside the same Fawkes
 /// attack written in plain PyTorch (scripts/reference/fawkes_attack.py) on the same weights.
 ///
