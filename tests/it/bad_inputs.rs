@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::{python_check, repo, scratch, shared, text};
+use crate::{cloak_pipeline, python_check, repo, scratch, shared, text, walk};
 
 /// Digest of a tree as it is on disk, links and FIFOs included and never followed.
 fn tree_digest(dir: &Path) -> String {
@@ -35,16 +35,6 @@ fn tree_digest(dir: &Path) -> String {
     format!("{:x}", h.finalize())
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        out.push(entry.path());
-        if entry.file_type().unwrap().is_dir() {
-            walk(&entry.path(), out);
-        }
-    }
-}
-
 /// Runs cloakbench with a watchdog: a run that takes longer than `limit` is a hang.
 fn run_bounded(args: &[&str], limit: Duration) -> Output {
     let mut child =
@@ -65,40 +55,8 @@ fn run_bounded(args: &[&str], limit: Duration) -> Output {
 
 fn corpus_pipeline(dir: &Path, data: &Path) -> PathBuf {
     let spec = dir.join("corpus.toml");
-    let text = format!(
-        r#"[pipeline]
-name = "corpus"
-
-[stages.ingest]
-kind = "ingest"
-dataset = {data:?}
-
-[stages.detect]
-kind = "detect"
-max_side = 400
-
-[stages.split]
-kind = "split"
-seed = 0
-protected = ["Bill_Hader"]
-
-[stages.cloak]
-kind = "cloak"
-method = "fawkes"
-mode = "high"
-ensemble = ["dlib_resnet29_150"]
-steps = 5
-batch_size = 3
-
-[stages.embed]
-kind = "embed"
-input = "aligned"
-model = "dlib_resnet29_150"
-inputs = {{ images = "images", faces = "faces" }}
-"#,
-        data = data.display().to_string()
-    );
-    std::fs::write(&spec, text).unwrap();
+    let embed = "\n[stages.embed]\nkind = \"embed\"\ninput = \"aligned\"\nmodel = \"dlib_resnet29_150\"\ninputs = { images = \"images\", faces = \"faces\" }\n";
+    std::fs::write(&spec, cloak_pipeline("corpus", data, 5, 3) + embed).unwrap();
     spec
 }
 

@@ -11,65 +11,38 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{cloakbench, cloakbench_exits, python_check, repo, scratch, shared, text};
+use crate::{cloak_pipeline, cloakbench, cloakbench_exits, python_check, repo, scratch, shared, text, walk};
 
 /// A pipeline with every per-picture stage and the trainer's: ingest, detect, split, cloak
 /// (7 pictures, one per chunk), mix, detect, embed (16 per chunk), classify, evaluate.
 fn crash_pipeline(dir: &Path) -> PathBuf {
-    let dataset = shared("datasets/fixture_facescrub12x10");
     let spec = dir.join("crash.toml");
-    let text = format!(
-        r#"[pipeline]
-name = "crash"
-
-[stages.ingest]
-kind = "ingest"
-dataset = {dataset:?}
-
-[stages.detect]
-kind = "detect"
-max_side = 400
-
-[stages.split]
-kind = "split"
-seed = 0
-protected = ["Bill_Hader"]
-
-[stages.cloak]
-kind = "cloak"
-method = "fawkes"
-mode = "high"
-ensemble = ["dlib_resnet29_150"]
-steps = 10
-batch_size = 1
-
+    let rest = r#"
 [stages.mix]
 kind = "mix"
-inputs = {{ images = "images", cloaked_images = "cloaked_images", splits = "splits" }}
+inputs = { images = "images", cloaked_images = "cloaked_images", splits = "splits" }
 fraction = 1.0
 
 [stages.detect_scraped]
 kind = "detect"
 max_side = 400
-inputs = {{ images = "scraped_images", known_faces = "faces" }}
-outputs = {{ faces = "scraped_faces" }}
+inputs = { images = "scraped_images", known_faces = "faces" }
+outputs = { faces = "scraped_faces" }
 
 [stages.embed]
 kind = "embed"
 input = "aligned"
 model = "dlib_resnet29_150"
 part_size = 16
-inputs = {{ images = "scraped_images", faces = "scraped_faces" }}
+inputs = { images = "scraped_images", faces = "scraped_faces" }
 
 [stages.classify]
 kind = "classify"
 
 [stages.evaluate]
 kind = "evaluate"
-"#,
-        dataset = dataset.display().to_string()
-    );
-    std::fs::write(&spec, text).unwrap();
+"#;
+    std::fs::write(&spec, cloak_pipeline("crash", &shared("datasets/fixture_facescrub12x10"), 10, 1) + rest).unwrap();
     spec
 }
 
@@ -144,16 +117,9 @@ impl Background {
     }
 }
 
-/// xorshift64*: the kill schedule is seeded, so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self, hi: f64) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64 * hi
-    }
+/// A uniform delay in [0, hi) from the crate's seeded generator: the kill schedule replays.
+fn uniform(rng: &mut cloakbench::rng::Rng, hi: f64) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * hi
 }
 
 /// Every Parquet file under `dir` outside the bookkeeping folders is whole: it starts and ends
@@ -189,7 +155,7 @@ fn runs_killed_at_random_moments_end_with_the_tables_of_an_uninterrupted_run() {
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(straight.join("crash/_run.json")).unwrap()).unwrap();
     let seconds = |stage: &str| manifest["stages"].as_array().unwrap().iter().find(|s| s["name"] == stage).unwrap()["seconds"].as_f64().unwrap();
 
-    let mut rng = Rng(0x5eed_c10a_4b3e_7001);
+    let mut rng = cloakbench::rng::Rng::new(0x5eed_c10a_4b3e_7001);
     // Five kills aimed inside each stage kind, in pipeline order: a run is killed at a random
     // moment within the first 60% of the aimed stage's uninterrupted time after it starts (a
     // resumed stage has less left to do, so a later kill would often land in the next stage).
@@ -202,7 +168,7 @@ fn runs_killed_at_random_moments_end_with_the_tables_of_an_uninterrupted_run() {
         let _ = std::fs::remove_file(killed.join(format!("crash/_state/{}.json", aims[aim])));
         let mut run = Background::start(&args(&killed));
         assert!(run.wait_for(&format!("] {}: running", aims[aim]), Duration::from_secs(300)), "{} did not run:\n{}", aims[aim], run.log());
-        std::thread::sleep(Duration::from_secs_f64(rng.uniform(0.6 * seconds(aims[aim]).max(0.02))));
+        std::thread::sleep(Duration::from_secs_f64(uniform(&mut rng, 0.6 * seconds(aims[aim]).max(0.02))));
         let _ = run.child.kill(); // SIGKILL
         let completed = run.finish().success(); // before the kill came
         if !completed {
@@ -219,23 +185,13 @@ fn runs_killed_at_random_moments_end_with_the_tables_of_an_uninterrupted_run() {
     assert!(kinds.len() >= 3, "kills landed inside only {kinds:?}");
     let log = run_to_the_end(&killed);
     assert_no_partial_table(&killed);
-    let staging = walk_names(&killed.join("crash")).into_iter().filter(|n| n.contains(".staging-")).collect::<Vec<_>>();
+    let mut left = Vec::new();
+    walk(&killed.join("crash"), &mut left);
+    let staging: Vec<_> = left.iter().filter(|p| p.to_string_lossy().contains(".staging-")).collect();
     assert!(staging.is_empty(), "staging files left after the final run: {staging:?}\n{log}");
     let same = python_check("compare_runs.py", &[straight.join("crash").to_str().unwrap(), killed.join("crash").to_str().unwrap()], &[]);
     eprintln!("identical to the uninterrupted run: {}", same.trim());
     std::fs::remove_dir_all(dir).ok();
-}
-
-fn walk_names(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.path().is_dir() {
-            out.extend(walk_names(&entry.path()));
-        } else {
-            out.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    out
 }
 
 #[test]

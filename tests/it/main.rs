@@ -77,6 +77,31 @@ pub fn python_check(script: &str, args: &[&str], envs: &[(&str, &str)]) -> Strin
     all
 }
 
+/// The head of the pipelines that cloak: ingest `dataset`, detect (on pictures shrunk to 400
+/// px), split with Bill_Hader protected, and cloak his training pictures with Fawkes high on
+/// dlib's ResNet for `steps` steps, `batch_size` pictures per chunk. Tests append their stages.
+pub fn cloak_pipeline(name: &str, dataset: &Path, steps: usize, batch_size: usize) -> String {
+    format!(
+        "[pipeline]\nname = {name:?}\n\n[stages.ingest]\nkind = \"ingest\"\ndataset = {:?}\n\n\
+         [stages.detect]\nkind = \"detect\"\nmax_side = 400\n\n\
+         [stages.split]\nkind = \"split\"\nseed = 0\nprotected = [\"Bill_Hader\"]\n\n\
+         [stages.cloak]\nkind = \"cloak\"\nmethod = \"fawkes\"\nmode = \"high\"\nensemble = [\"dlib_resnet29_150\"]\n\
+         steps = {steps}\nbatch_size = {batch_size}\n",
+        dataset.display().to_string()
+    )
+}
+
+/// Every entry below `dir`, recursively (links not followed), folders included.
+pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        out.push(entry.path());
+        if entry.file_type().unwrap().is_dir() {
+            walk(&entry.path(), out);
+        }
+    }
+}
+
 /// Copies a dataset folder (two levels: identity/file).
 pub fn copy_dataset(from: &Path, to: &Path) {
     for identity in std::fs::read_dir(from).unwrap() {

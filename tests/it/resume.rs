@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{cloakbench, python_check, repo, scratch, shared, text};
+use crate::{cloak_pipeline, cloakbench, python_check, repo, scratch, shared, text};
 
 #[test]
 fn a_killed_embed_stage_resumes_from_its_saved_parts() {
@@ -49,16 +49,7 @@ fn a_killed_cloak_stage_resumes_and_gives_the_same_pictures() {
     let dataset = shared("datasets/fixture_facescrub12x10");
     let dir = scratch("cloak-resume");
     let spec = dir.join("cloak_only.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "[pipeline]\nname = \"cloak_only\"\n\n[stages.ingest]\nkind = \"ingest\"\ndataset = {:?}\n\n\
-             [stages.detect]\nkind = \"detect\"\nmax_side = 400\n\n[stages.split]\nkind = \"split\"\nseed = 0\nprotected = [\"Bill_Hader\"]\n\n\
-             [stages.cloak]\nkind = \"cloak\"\nmethod = \"fawkes\"\nmode = \"high\"\nensemble = [\"dlib_resnet29_150\"]\nsteps = 6\nbatch_size = 1\n",
-            dataset.display().to_string()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&spec, cloak_pipeline("cloak_only", &dataset, 6, 1)).unwrap();
     let run_args = |root: &std::path::Path| vec!["run".to_owned(), spec.display().to_string(), "--run-root".into(), root.display().to_string()];
     let (interrupted, straight) = (dir.join("interrupted"), dir.join("straight"));
 
