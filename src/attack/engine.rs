@@ -164,9 +164,6 @@ pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>
     if ensemble.is_empty() {
         bail!("the attack needs at least one model in its ensemble");
     }
-    if targets.iter().all(|t| t.faces.is_empty()) {
-        return Ok(unchanged(targets));
-    }
     let mut crops: Vec<Alignment> = ensemble.iter().map(|m| m.alignment).collect();
     crops.push(BUDGET_CROP);
     let confined = config.init_noise < 0.5 && config.budget.perceptual.is_none();

@@ -36,7 +36,7 @@ impl Subscriber for RetryLog {
         let mut message = Message(String::new());
         event.record(&mut message);
         let text = message.0.to_lowercase();
-        if text.contains("backing off") || text.contains("retry") || text.contains("retrying") {
+        if text.contains("backing off") || text.contains("retry") {
             let n = RETRIED.fetch_add(1, Ordering::Relaxed) + 1;
             eprintln!("[cloakbench] S3 retry {n}: {}", message.0);
         }
