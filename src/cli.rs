@@ -1,12 +1,12 @@
 //! Command-line interface: flags in, one function per command, an exit code out.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::pipeline::{self, RunOptions};
+use crate::pipeline::{self, RunOptions, shards};
 use crate::stages::KINDS;
 
 /// Cloak face photos and measure, on real data, whether the cloak still protects anyone.
@@ -23,16 +23,17 @@ enum Command {
     /// <run_root>/<pipeline name>/; stages whose configuration and inputs are unchanged since
     /// the last successful run are skipped.
     Run {
-        /// Pipeline file, e.g. pipelines/baseline.toml.
-        pipeline: PathBuf,
-        /// Override a setting: a dotted key into the file and a value, e.g.
-        /// `--set ingest.dataset=s3://bucket/faces`, `--set split.seed=3`, `--set run_root=/tmp/runs`.
-        /// Values are read as TOML when they parse (numbers, booleans, ["lists"]), else as text.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Where runs are written (local folder or s3://bucket/prefix); default: the file's run_root, else `runs`.
-        #[arg(long, value_name = "URL")]
-        run_root: Option<String>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Run one shard of a planned run (`cloakbench plan`): its index, or `auto` to take it
+        /// from the array scheduler (JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID,
+        /// AWS_BATCH_JOB_ARRAY_INDEX). Runs the per-picture stages of the current phase on the
+        /// shard's pictures; exits 0 at once when the shard is already done.
+        #[arg(long, value_name = "K|auto")]
+        shard: Option<String>,
+        /// With --shard: the number of shards this task expects (refused if the plan has another).
+        #[arg(long, requires = "shard")]
+        shards: Option<usize>,
         /// Rerun every stage, even those already done.
         #[arg(long)]
         force: bool,
@@ -45,6 +46,25 @@ enum Command {
         /// After the run, write its report (as `cloakbench report`) into <run>/report/.
         #[arg(long)]
         report: bool,
+    },
+    /// Plan a sharded run: list the dataset once and write <run>/plan.json, the shards and
+    /// their pictures (immutable). Then run every shard (`run --shard K`, usually as an array
+    /// job: see scripts/launch/) and `commit`.
+    Plan {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// How many shards: many more than machines is normal (stragglers even out).
+        #[arg(long)]
+        shards: usize,
+    },
+    /// Commit a sharded run: check every shard's marker and parts, write each table's manifest,
+    /// run the stages that need the whole dataset, and after the last phase write _SUCCESS.
+    /// Exit code 5: the next phase's shards are due (run the array again, then commit again).
+    Commit {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Write a run's report: one HTML page (plots, tables, before/after pictures) made from the
     /// run's tables, that opens from disk with no network: RUN/report/index.html.
@@ -117,6 +137,31 @@ enum Command {
         #[arg(long, global = true, default_value = "runs/bench")]
         out: String,
     },
+}
+
+/// The pipeline a command works on: its file, overrides and run root.
+#[derive(clap::Args, Debug)]
+struct PipelineArgs {
+    /// Pipeline file, e.g. pipelines/baseline.toml.
+    pipeline: PathBuf,
+    /// Override a setting: a dotted key into the file and a value, e.g.
+    /// `--set ingest.dataset=s3://bucket/faces`, `--set split.seed=3`, `--set run_root=/tmp/runs`.
+    /// Values are read as TOML when they parse (numbers, booleans, ["lists"]), else as text.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Where runs are written (local folder or s3://bucket/prefix); default: the file's run_root, else `runs`.
+    #[arg(long, value_name = "URL")]
+    run_root: Option<String>,
+}
+
+impl PipelineArgs {
+    fn load(&self) -> Result<pipeline::Plan> {
+        let mut set = self.set.clone();
+        if let Some(root) = &self.run_root {
+            set.push(format!("pipeline.run_root={root}"));
+        }
+        Ok(pipeline::load(&self.pipeline, &set, KINDS)?)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,6 +243,9 @@ pub mod exit {
     /// Another run holds the run root (its lock names it): nothing was written; retrying
     /// once it has finished helps.
     pub const BUSY: u8 = 4;
+    /// `commit`: a phase is committed and the shards of the next phase are due: run the array
+    /// again, then commit again.
+    pub const NEXT_PHASE: u8 = 5;
 }
 
 /// Parses the command line, runs the command and maps the outcome to an exit code.
@@ -222,7 +270,10 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { pipeline, set, run_root, force, quiet, dry_run, report } => run(&pipeline, set, run_root, RunOptions { force, quiet }, dry_run, report),
+        Command::Run { pipeline, shard: Some(shard), shards, force, quiet, .. } => run_shard(&pipeline, &shard, shards, RunOptions { force, quiet }),
+        Command::Run { pipeline, force, quiet, dry_run, report, .. } => run(&pipeline, RunOptions { force, quiet }, dry_run, report),
+        Command::Plan { pipeline, shards } => plan_shards(&pipeline, shards),
+        Command::Commit { pipeline, quiet } => commit(&pipeline, RunOptions { force: false, quiet }),
         Command::Report { run, out, quiet } => {
             let index = crate::report::write(&run, out.as_deref(), quiet)?;
             println!("report: {index}");
@@ -264,23 +315,85 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn run(path: &Path, mut set: Vec<String>, run_root: Option<String>, options: RunOptions, dry_run: bool, report: bool) -> Result<ExitCode> {
-    if let Some(root) = run_root {
-        set.push(format!("pipeline.run_root={root}"));
-    }
-    let plan = pipeline::load(path, &set, KINDS)?;
+fn run(args: &PipelineArgs, options: RunOptions, dry_run: bool, report: bool) -> Result<ExitCode> {
+    let plan = args.load()?;
     if dry_run {
         print_plan(&plan);
         return Ok(ExitCode::SUCCESS);
     }
     let summary = pipeline::run(&plan, &options)?;
+    print_results(&summary);
+    if report {
+        println!("report: {}", crate::report::write(&summary.run_dir, None, options.quiet)?);
+    }
+    Ok(account(&summary))
+}
+
+fn plan_shards(args: &PipelineArgs, shards: usize) -> Result<ExitCode> {
+    let plan = args.load()?;
+    let (planned, url) = shards::plan(&plan, shards)?;
+    let sizes: Vec<usize> = planned.keys.iter().map(Vec::len).collect();
+    println!(
+        "plan: {} items of {} in {} shards ({}-{} each), {} phase(s): {url}",
+        planned.items,
+        planned.source,
+        planned.shards,
+        sizes.iter().min().unwrap_or(&0),
+        sizes.iter().max().unwrap_or(&0),
+        planned.phases
+    );
+    println!(
+        "next: run shards 0..{} (`cloakbench run {} --shard K`, or an array job: scripts/launch/), then `cloakbench commit`",
+        planned.shards,
+        args.pipeline.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_shard(args: &PipelineArgs, shard: &str, shards: Option<usize>, options: RunOptions) -> Result<ExitCode> {
+    let (index, array_size) = match shard {
+        "auto" => shards::shard_from_env(|v| std::env::var(v).ok())?,
+        k => (k.parse().map_err(|_| pipeline::PlanError(format!("--shard {k:?}: a shard index or auto")))?, None),
+    };
+    let plan = args.load()?;
+    crate::runtime::stop_on_sigterm();
+    match shards::run_shard(&plan, index, shards.or(array_size), &options)? {
+        shards::ShardOutcome::RunComplete => crate::progress::info(options.quiet, &format!("shard {index}: the run is committed; nothing to do")),
+        shards::ShardOutcome::AlreadyDone { phase } => {
+            crate::progress::info(options.quiet, &format!("shard {index}: phase {phase} already done; nothing to do"))
+        }
+        shards::ShardOutcome::Ran { phase, marker, tally } => {
+            crate::progress::info(options.quiet, &format!("shard {index}: phase {phase} done, {} items failed: {marker}", tally.failed.n));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn commit(args: &PipelineArgs, options: RunOptions) -> Result<ExitCode> {
+    let plan = args.load()?;
+    match shards::commit(&plan, &options)? {
+        shards::Committed::NextPhase(phase, _) => {
+            println!("commit: phase {phase} committed; next: run the shards again (phase {}), then commit again", phase + 1);
+            Ok(ExitCode::from(exit::NEXT_PHASE))
+        }
+        shards::Committed::Done(summary) => {
+            print_results(&summary);
+            println!("commit: every phase committed; {}/_SUCCESS written", summary.run_dir);
+            Ok(account(&summary))
+        }
+    }
+}
+
+/// Prints what the stages reported for the user, and where the tables are.
+fn print_results(summary: &pipeline::RunSummary) {
     for text in &summary.report {
         println!("{text}");
     }
     println!("\ntables in {}", summary.run_dir);
-    if report {
-        println!("report: {}", crate::report::write(&summary.run_dir, None, options.quiet)?);
-    }
+}
+
+/// Names on stderr what failed or was skipped; the exit code says whether items failed.
+fn account(summary: &pipeline::RunSummary) -> ExitCode {
     let retried = crate::io::retries::count();
     if retried > 0 {
         eprintln!("[cloakbench] S3: {retried} requests retried after transient faults (each logged above)");
@@ -294,9 +407,9 @@ fn run(path: &Path, mut set: Vec<String>, run_root: Option<String>, options: Run
     }
     if summary.failed() > 0 {
         eprintln!("[cloakbench] {} items failed: exit code {}", summary.failed(), exit::ITEMS_FAILED);
-        return Ok(ExitCode::from(exit::ITEMS_FAILED));
+        return ExitCode::from(exit::ITEMS_FAILED);
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 /// The plan, a stage a line: name, kind, what it reads and writes; then the merged tables.

@@ -52,3 +52,24 @@ pub fn make_cpu_reproducible() {
     let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env(RESTARTED, "1").exec();
     eprintln!("[cloakbench] warning: MKL is not in reproducible mode and restarting failed ({err}); CPU results may differ between runs");
 }
+
+static SIGTERM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_sigterm(_: c_int) {
+    SIGTERM.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From now on SIGTERM (what a scheduler sends before it kills a task) does not end the process
+/// at once: the batch in progress finishes and is saved, then the run stops with an error
+/// ([`sigterm_received`]), so a restarted task resumes after it.
+pub fn stop_on_sigterm() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, note_sigterm as *const () as libc::sighandler_t);
+    }
+}
+
+/// Whether SIGTERM arrived since [`stop_on_sigterm`].
+pub fn sigterm_received() -> bool {
+    SIGTERM.load(std::sync::atomic::Ordering::SeqCst)
+}

@@ -43,6 +43,7 @@ pub const KINDS: &[Kind] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::shards::{self, Step};
 
     #[test]
     fn every_bundled_pipeline_plans() {
@@ -80,5 +81,24 @@ mod tests {
         let classify = plan.stages.iter().find(|s| s.name == "classify").unwrap();
         assert_eq!(classify.inputs["embeddings"].len(), 7);
         assert!(plan.stages.iter().position(|s| s.name == "classify") > plan.stages.iter().position(|s| s.kind.name == "embed"));
+    }
+
+    #[test]
+    fn picture_stages_wait_for_the_commit_of_the_dataset_stages_they_read() {
+        let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines"));
+        let plan = crate::pipeline::load(&dir.join("baseline.toml"), &[], KINDS).unwrap();
+        let steps = shards::steps(&plan);
+        let of = |name: &str| steps[plan.stages.iter().position(|s| s.name == name).unwrap()];
+        assert_eq!(of("ingest"), Step::Shards(0));
+        assert_eq!(of("split"), Step::Commit(0));
+        // embed reads only images: it runs with ingest in phase 0
+        assert_eq!(of("embed"), Step::Shards(0));
+        assert_eq!(of("classify"), Step::Commit(0));
+        assert_eq!(of("evaluate"), Step::Commit(0));
+        let plan = crate::pipeline::load(&dir.join("protect.toml"), &[], KINDS).unwrap();
+        let steps = shards::steps(&plan);
+        let cloak = plan.stages.iter().position(|s| s.kind.name == "cloak").unwrap();
+        assert_eq!(steps[cloak], Step::Shards(1), "the cloak reads the split: it waits for the first commit");
+        assert_eq!(shards::phases(&steps), 2);
     }
 }

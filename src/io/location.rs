@@ -382,8 +382,14 @@ impl Location {
         }
     }
 
-    /// Deletes every object below this location (and, locally, the emptied folders).
+    /// Deletes every object below this location (and, locally, the emptied folders); a local
+    /// folder that is not there holds nothing to delete.
     pub fn delete_all(&self) -> Result<()> {
+        if let Backend::Local(dir) = &self.backend
+            && !dir.exists()
+        {
+            return Ok(());
+        }
         for entry in self.files()? {
             self.delete(&entry.key)?;
         }

@@ -1,5 +1,7 @@
-//! Parquet files in a [`Location`]: a table `t` lives at `<dir>/t.parquet`, or as parts
-//! `<dir>/t/part-*.parquet`; [`read`] accepts both. Writes are streamed and atomic.
+//! Parquet files in a [`Location`]: a table `t` lives at `<dir>/t.parquet`, or as parts listed
+//! by its manifest `<dir>/t/_manifest.json` (a sharded run's committed table: see
+//! `crate::pipeline::shards`); [`read`] accepts both, and reads parts only through the manifest,
+//! never by listing, so a table is seen whole or not at all. Writes are streamed and atomic.
 
 use anyhow::{Context, Result, bail};
 use arrow_array::RecordBatch;
@@ -8,8 +10,10 @@ use parquet::arrow::{ArrowWriter, AsyncArrowWriter, arrow_reader::ParquetRecordB
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
+use serde::{Deserialize, Serialize};
+
 use super::location::{Sink, StagedFile};
-use super::{Location, block_on};
+use super::{Location, block_on, sha256_hex};
 
 /// Streams batches into `<dir>/<name>.parquet`; the file appears only when [`finish`] succeeds.
 ///
@@ -74,28 +78,60 @@ pub fn write(dir: &Location, name: &str, schema: SchemaRef, batches: &[RecordBat
     writer.finish()
 }
 
-/// Whether table `name` exists in `dir` (as one file or as parts).
+/// A table stored as parts: written (last, after every part) by a sharded run's commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableManifest {
+    pub table: String,
+    pub rows: u64,
+    /// In the order their rows are read.
+    pub parts: Vec<Part>,
+}
+
+/// One file of a table, keyed relative to the folder that holds the table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    pub key: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Where table `name`'s manifest lives in its folder.
+pub fn manifest_key(name: &str) -> String {
+    format!("{name}/_manifest.json")
+}
+
+/// Describes the Parquet file at `key` (its row count from the footer, its digest).
+pub fn describe_part(dir: &Location, key: &str) -> Result<Part> {
+    let bytes = dir.get(key)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).with_context(|| format!("{}: not a readable Parquet file", dir.url_of(key)))?;
+    let rows = builder.metadata().file_metadata().num_rows() as u64;
+    Ok(Part { key: key.to_owned(), rows, bytes: bytes.len() as u64, sha256: sha256_hex(&bytes) })
+}
+
+/// Whether table `name` exists in `dir` (as one file or through its manifest).
 pub fn exists(dir: &Location, name: &str) -> Result<bool> {
-    Ok(dir.exists(&format!("{name}.parquet"))? || !parts(dir, name)?.is_empty())
+    Ok(dir.exists(&format!("{name}.parquet"))? || dir.exists(&manifest_key(name))?)
 }
 
-fn parts(dir: &Location, name: &str) -> Result<Vec<String>> {
-    let folder = dir.child(name);
-    if Location::is_s3_url(dir.url()) || std::path::Path::new(folder.url()).is_dir() {
-        return Ok(folder.files()?.into_iter().filter(|e| e.key.ends_with(".parquet") && !e.key.contains('/')).map(|e| format!("{name}/{}", e.key)).collect());
-    }
-    Ok(vec![])
-}
-
-/// Reads table `name` from `dir`: `<name>.parquet`, or all of `<name>/*.parquet` in key order.
-pub fn read(dir: &Location, name: &str) -> Result<Vec<RecordBatch>> {
+/// The files that hold table `name`, in order: `<name>.parquet`, or the parts its manifest lists.
+pub fn table_keys(dir: &Location, name: &str) -> Result<Vec<String>> {
     let single = format!("{name}.parquet");
-    let keys = if dir.exists(&single)? { vec![single] } else { parts(dir, name)? };
-    if keys.is_empty() {
-        bail!("{}: no table {name} (neither {name}.parquet nor {name}/part-*.parquet)", dir.url());
+    if dir.exists(&single)? {
+        return Ok(vec![single]);
     }
+    let key = manifest_key(name);
+    if !dir.exists(&key)? {
+        bail!("{}: no table {name} (neither {single} nor {key})", dir.url());
+    }
+    let manifest: TableManifest = serde_json::from_slice(&dir.get(&key)?).with_context(|| format!("{}: not a table manifest", dir.url_of(&key)))?;
+    Ok(manifest.parts.into_iter().map(|p| p.key).collect())
+}
+
+/// Reads table `name` from `dir`: `<name>.parquet`, or the parts its manifest lists.
+pub fn read(dir: &Location, name: &str) -> Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();
-    for key in keys {
+    for key in table_keys(dir, name)? {
         batches.extend(read_bytes(dir.get(&key)?, &dir.url_of(&key))?);
     }
     Ok(batches)

@@ -105,6 +105,9 @@ impl Context<'_> {
                 self.tally.merge(tally);
             }
             progress.add(chunk.len() as u64);
+            if crate::runtime::sigterm_received() {
+                bail!("stage {}: stopped by SIGTERM after saving chunk {} of {}; a rerun resumes from there", self.stage, k + 1, chunks.len());
+            }
         }
         progress.finish();
         if resumed > 0 {

@@ -1,7 +1,7 @@
 //! What a running stage sees: its wiring, the run folder, the run's options, and the tally of
 //! items that failed or were skipped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Result, anyhow};
 use arrow_array::RecordBatch;
@@ -62,6 +62,20 @@ impl Tally {
     }
 }
 
+/// Where a stage of a sharded run works: on its shard's pictures, reading the tables it does
+/// not write itself from the committed run (see `super::shards`).
+pub struct ShardScope {
+    pub index: usize,
+    /// The ids of the shard's items (the source stage's [`item_id`] of each key).
+    ///
+    /// [`item_id`]: super::Stage::item_id
+    pub ids: HashSet<String>,
+    /// The run folder whose committed tables the shard reads.
+    pub committed: Location,
+    /// The tables written inside the shard (read from the shard's own folder).
+    pub local: HashSet<String>,
+}
+
 /// A running stage's view of the run.
 pub struct Context<'a> {
     pub stage: &'a str,
@@ -76,19 +90,44 @@ pub struct Context<'a> {
     /// Text the stage wants shown to the user as a result (printed on stdout after the run).
     pub report: Vec<String>,
     pub tally: Tally,
+    shard: Option<&'a ShardScope>,
 }
 
 impl<'a> Context<'a> {
     pub(super) fn new(
-        stage: &'a str,
+        stage: &'a super::PlannedStage,
         run_dir: &'a Location,
         options: &'a RunOptions,
         fingerprint: &'a str,
-        inputs: &'a BTreeMap<String, Vec<String>>,
-        outputs: &'a BTreeMap<String, String>,
         table_labels: &'a HashMap<String, Labels>,
+        shard: Option<&'a ShardScope>,
     ) -> Context<'a> {
-        Context { stage, run_dir, options, fingerprint, inputs, outputs, table_labels, report: Vec::new(), tally: Tally::default() }
+        let (inputs, outputs) = (&stage.inputs, &stage.outputs);
+        Context { stage: &stage.name, run_dir, options, fingerprint, inputs, outputs, table_labels, report: Vec::new(), tally: Tally::default(), shard }
+    }
+
+    /// Whether this stage works on the item `id` (a picture's image id, which its copies keep):
+    /// always, unless the run is sharded and the item is another shard's. A stage of [`Scope::Picture`] keeps
+    /// only the pictures it owns in its output rows (while whole tables it reads, such as a
+    /// user's training pictures for a goal, stay whole).
+    ///
+    /// [`Scope::Picture`]: super::Scope::Picture
+    pub fn owns(&self, id: &str) -> bool {
+        self.shard.is_none_or(|s| s.ids.contains(id))
+    }
+
+    /// Whether this stage accounts for what belongs to no shard (a dataset's hidden files): in a
+    /// sharded run only the first shard does, so the counts add up once.
+    pub fn accounts_for_unowned(&self) -> bool {
+        self.shard.is_none_or(|s| s.index == 0)
+    }
+
+    /// Where table `t` is read from: the shard's folder for tables it writes, else the run's.
+    fn dir_of(&self, t: &str) -> &Location {
+        match self.shard {
+            Some(s) if !s.local.contains(t) => &s.committed,
+            _ => self.run_dir,
+        }
     }
 
     /// The table wired to output `slot`.
@@ -106,7 +145,7 @@ impl<'a> Context<'a> {
         let tables = self.inputs.get(slot).ok_or_else(|| anyhow!("stage {} has no input slot {slot}", self.stage))?;
         let mut batches = Vec::new();
         for t in tables {
-            batches.extend(parquet::read(self.run_dir, t)?);
+            batches.extend(parquet::read(self.dir_of(t), t)?);
         }
         Ok(batches)
     }
@@ -120,7 +159,7 @@ impl<'a> Context<'a> {
     /// that wrote it (its fan-out values and tags): what a stage gathering a grid needs.
     pub fn read_labelled(&self, slot: &str) -> Result<Vec<(Labels, Vec<RecordBatch>)>> {
         let tables = self.inputs.get(slot).ok_or_else(|| anyhow!("stage {} has no input slot {slot}", self.stage))?;
-        tables.iter().map(|t| Ok((self.table_labels.get(t).cloned().unwrap_or_default(), parquet::read(self.run_dir, t)?))).collect()
+        tables.iter().map(|t| Ok((self.table_labels.get(t).cloned().unwrap_or_default(), parquet::read(self.dir_of(t), t)?))).collect()
     }
 
     /// Writes the whole table for output `slot`.

@@ -29,6 +29,7 @@ pub mod batch;
 pub mod context;
 pub mod plan;
 pub mod run;
+pub mod shards;
 pub mod spec;
 pub mod stage;
 
@@ -36,4 +37,4 @@ pub use batch::Chunks;
 pub use context::{Context, Labels, RunOptions, Tally};
 pub use plan::{Plan, PlannedStage, load, parse};
 pub use run::{RunSummary, run};
-pub use stage::{Kind, PlanError, Slot, Stage, StageConfig, check, plan_from};
+pub use stage::{Kind, PlanError, Scope, Slot, Stage, StageConfig, check, plan_from};

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::context::{Context, RunOptions, Tally};
+use super::context::{Context, RunOptions, ShardScope, Tally};
 use super::plan::{Plan, PlannedStage};
 use crate::io::{self, Location, hex, parquet};
 
@@ -49,6 +49,23 @@ pub struct StageOutcome {
     /// The typed configuration, defaults filled in (as fingerprinted).
     pub config: serde_json::Value,
     pub tally: Tally,
+}
+
+impl StageOutcome {
+    pub(super) fn of(stage: &PlannedStage, fingerprint: &str, ran: bool, seconds: f64, tally: Tally) -> StageOutcome {
+        StageOutcome {
+            name: stage.name.clone(),
+            kind: stage.kind.name,
+            labels: stage.labels.clone(),
+            fingerprint: fingerprint.to_owned(),
+            ran,
+            seconds,
+            inputs: stage.inputs.clone(),
+            outputs: stage.outputs.values().cloned().collect(),
+            config: stage.stage.describe(),
+            tally,
+        }
+    }
 }
 
 /// What happened in a run.
@@ -94,43 +111,47 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         crate::progress::info(options.quiet, &format!("removed {leftovers} staging files an interrupted run left behind"));
     }
     let mut summary = RunSummary { run_dir: run_dir.url().to_owned(), ..Default::default() };
-    // table -> fingerprint of the stage (and slot) that wrote it
-    let mut table_fp: HashMap<String, String> = HashMap::new();
-    let table_labels: HashMap<String, Vec<(String, String)>> =
-        plan.stages.iter().flat_map(|s| s.outputs.values().map(|t| (t.clone(), s.labels.clone()))).collect();
-    for stage in &plan.stages {
-        let fingerprint = fingerprint(stage, &table_fp)?;
-        for (slot, table) in &stage.outputs {
-            table_fp.insert(table.clone(), format!("{fingerprint}/{slot}"));
-        }
-        let outcome = run_stage(stage, fingerprint, &run_dir, options, &table_labels, &mut summary.report)?;
+    let table_labels = table_labels(plan);
+    for (stage, fingerprint) in plan.stages.iter().zip(fingerprints(plan)?) {
+        let outcome = run_stage(stage, fingerprint, &run_dir, options, &table_labels, &mut summary.report, None)?;
         summary.stages.push(outcome);
         write_manifest(plan, &run_dir, &summary)?;
     }
     Ok(summary)
 }
 
-fn run_stage(
+/// table -> the labels of the stage that writes it.
+pub(super) fn table_labels(plan: &Plan) -> HashMap<String, Vec<(String, String)>> {
+    plan.stages.iter().flat_map(|s| s.outputs.values().map(|t| (t.clone(), s.labels.clone()))).collect()
+}
+
+/// Every stage's fingerprint, in plan order.
+pub(super) fn fingerprints(plan: &Plan) -> Result<Vec<String>> {
+    // table -> fingerprint of the stage (and slot) that wrote it
+    let mut table_fp: HashMap<String, String> = HashMap::new();
+    let mut all = Vec::new();
+    for stage in &plan.stages {
+        let fingerprint = fingerprint(stage, &table_fp)?;
+        for (slot, table) in &stage.outputs {
+            table_fp.insert(table.clone(), format!("{fingerprint}/{slot}"));
+        }
+        all.push(fingerprint);
+    }
+    Ok(all)
+}
+
+/// Runs one stage in `run_dir` unless it is up to date there; `shard` when it runs in a shard.
+pub(super) fn run_stage(
     stage: &PlannedStage,
     fingerprint: String,
     run_dir: &Location,
     options: &RunOptions,
     table_labels: &HashMap<String, Vec<(String, String)>>,
     report: &mut Vec<String>,
+    shard: Option<&ShardScope>,
 ) -> Result<StageOutcome> {
     let state_key = format!("_state/{}.json", stage.name);
-    let outcome = |ran, seconds, tally| StageOutcome {
-        name: stage.name.clone(),
-        kind: stage.kind.name,
-        labels: stage.labels.clone(),
-        fingerprint: fingerprint.clone(),
-        ran,
-        seconds,
-        inputs: stage.inputs.clone(),
-        outputs: stage.outputs.values().cloned().collect(),
-        config: stage.stage.describe(),
-        tally,
-    };
+    let outcome = |ran, seconds, tally| StageOutcome::of(stage, &fingerprint, ran, seconds, tally);
     if !options.force
         && let Some(state) = finished(run_dir, &state_key, &fingerprint, stage)?
     {
@@ -141,7 +162,7 @@ fn run_stage(
     run_dir.delete(&state_key)?;
     crate::progress::info(options.quiet, &format!("{}: running ({})", stage.name, stage.kind.name));
     let started = std::time::Instant::now();
-    let mut ctx = Context::new(&stage.name, run_dir, options, &fingerprint, &stage.inputs, &stage.outputs, table_labels);
+    let mut ctx = Context::new(stage, run_dir, options, &fingerprint, table_labels, shard);
     stage.stage.run(&mut ctx).with_context(|| format!("stage {} ({})", stage.name, stage.kind.name))?;
     report.append(&mut ctx.report);
     let state = StageState {
@@ -189,13 +210,13 @@ fn fingerprint(stage: &PlannedStage, table_fp: &HashMap<String, String>) -> Resu
 
 /// How long an S3 run lease lives unless renewed (`CLOAKBENCH_LEASE_TTL_S`, default 120 s):
 /// how long a killed run blocks the next one on S3.
-fn lease_ttl() -> std::time::Duration {
+pub(super) fn lease_ttl() -> std::time::Duration {
     let secs = std::env::var("CLOAKBENCH_LEASE_TTL_S").ok().and_then(|v| v.parse::<u64>().ok()).filter(|&s| s >= 3).unwrap_or(120);
     std::time::Duration::from_secs(secs)
 }
 
 /// `_run.json`: the run as it stands, rewritten after every stage.
-fn write_manifest(plan: &Plan, run_dir: &Location, summary: &RunSummary) -> Result<()> {
+pub(super) fn write_manifest(plan: &Plan, run_dir: &Location, summary: &RunSummary) -> Result<()> {
     let manifest = serde_json::json!({
         "pipeline": plan.name,
         "description": plan.description,

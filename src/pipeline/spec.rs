@@ -646,7 +646,7 @@ fn wiring(stage: &str, kind: &Kind, value: Option<toml::Value>, inputs: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::stage::Slot;
+    use crate::pipeline::stage::{Scope, Slot};
 
     fn never(_: toml::Table) -> Result<std::sync::Arc<dyn crate::pipeline::stage::Stage>, String> {
         Err("not for planning".into())
@@ -654,7 +654,16 @@ mod tests {
 
     const ANY: &[&str] = &["t"];
     const KINDS: &[Kind] = &[
-        Kind { name: "source", summary: "", inputs: &[], optional_inputs: &[], outputs: &[Slot::new("images", ANY)], labels: &[], plan: never },
+        Kind {
+            name: "source",
+            summary: "",
+            inputs: &[],
+            optional_inputs: &[],
+            outputs: &[Slot::new("images", ANY)],
+            labels: &[],
+            scope: Scope::Picture,
+            plan: never,
+        },
         Kind {
             name: "map",
             summary: "",
@@ -662,6 +671,7 @@ mod tests {
             optional_inputs: &[],
             outputs: &[Slot::new("embeddings", ANY)],
             labels: &[],
+            scope: Scope::Picture,
             plan: never,
         },
         Kind {
@@ -671,6 +681,7 @@ mod tests {
             optional_inputs: &[],
             outputs: &[Slot::new("metrics", ANY)],
             labels: &[],
+            scope: Scope::Picture,
             plan: never,
         },
     ];

@@ -37,6 +37,18 @@ impl Slot {
     }
 }
 
+/// What a stage's work is made of: where it can run in a sharded run (see `super::shards`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Each picture's rows depend on that picture (and on whole tables the stage reads): the
+    /// stage runs in shards, each on the pictures it owns ([`Context::owns`]).
+    ///
+    /// [`Context::owns`]: super::Context::owns
+    Picture,
+    /// The stage needs every row at once (a split, a classifier): it runs once, at commit.
+    Dataset,
+}
+
 /// A stage kind: what `kind = "..."` in a pipeline file selects.
 pub struct Kind {
     pub name: &'static str,
@@ -48,6 +60,8 @@ pub struct Kind {
     /// Configuration keys that label the stage's tables (and every table made from them), as a
     /// fan-out value does: a cloak's `method` and `mode`, an embedding's `model`.
     pub labels: &'static [&'static str],
+    /// Whether the stage can run in shards, each on its own pictures, or needs the whole dataset.
+    pub scope: Scope,
     /// Turns the stage's own keys into a validated stage, or says what is wrong with them.
     pub plan: fn(toml::Table) -> Result<Arc<dyn Stage>, String>,
 }
@@ -78,6 +92,12 @@ pub trait Stage: Send + Sync {
     fn fingerprint_material(&self) -> Result<serde_json::Value>;
     /// Checks the configuration against the input slots the file wires (`wired`).
     fn validate_wiring(&self, wired: &[&str]) -> Result<(), String>;
+    /// For a stage that reads from outside the run (a dataset): the keys of the items it
+    /// reads, sorted, which a sharded run divides among its shards. `None` for other stages.
+    fn source_keys(&self) -> Result<Option<Vec<String>>>;
+    /// The id of a source's item with key `key`, as the rows made from it carry it (what
+    /// [`Context::owns`] is asked about).
+    fn item_id(&self, key: &str) -> String;
     /// Reads the stage's input slots and writes every output slot.
     fn run(&self, ctx: &mut Context) -> Result<()>;
 }
@@ -99,6 +119,14 @@ pub trait StageConfig: Serialize + DeserializeOwned + Send + Sync + 'static {
         Ok(())
     }
 
+    fn source_keys(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+
+    fn item_id(&self, key: &str) -> String {
+        key.to_owned()
+    }
+
     fn run(&self, ctx: &mut Context) -> Result<()>;
 }
 
@@ -113,6 +141,14 @@ impl<T: StageConfig> Stage for T {
 
     fn validate_wiring(&self, wired: &[&str]) -> Result<(), String> {
         StageConfig::validate_wiring(self, wired)
+    }
+
+    fn source_keys(&self) -> Result<Option<Vec<String>>> {
+        StageConfig::source_keys(self)
+    }
+
+    fn item_id(&self, key: &str) -> String {
+        StageConfig::item_id(self, key)
     }
 
     fn run(&self, ctx: &mut Context) -> Result<()> {

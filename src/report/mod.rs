@@ -81,19 +81,19 @@ impl Run {
     }
 }
 
-/// The tables of a run folder: `<name>.parquet` and `<name>/part-*.parquet` at its top level.
+/// The tables of a run folder: `<name>.parquet` and `<name>/_manifest.json` at its top level.
 fn table_names(dir: &Location) -> Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
     for entry in dir.files()? {
-        let Some(stem) = entry.key.strip_suffix(".parquet") else { continue };
-        match stem.split_once('/') {
-            None => {
-                names.insert(stem.to_owned());
-            }
-            Some((folder, part)) if part.starts_with("part-") && !part.contains('/') && !folder.starts_with('_') => {
-                names.insert(folder.to_owned());
-            }
-            Some(_) => {}
+        if let Some(stem) = entry.key.strip_suffix(".parquet")
+            && !stem.contains('/')
+        {
+            names.insert(stem.to_owned());
+        } else if let Some(folder) = entry.key.strip_suffix("/_manifest.json")
+            && !folder.contains('/')
+            && !folder.starts_with('_')
+        {
+            names.insert(folder.to_owned());
         }
     }
     Ok(names)
@@ -101,15 +101,7 @@ fn table_names(dir: &Location) -> Result<BTreeSet<String>> {
 
 /// Reads a table if its schema is one the report shows.
 fn load(dir: &Location, name: &str) -> Result<Option<Table>> {
-    let single = format!("{name}.parquet");
-    let keys: Vec<String> = if dir.exists(&single)? {
-        vec![single]
-    } else {
-        let mut parts: Vec<String> =
-            dir.child(name).files()?.into_iter().filter(|e| e.key.ends_with(".parquet")).map(|e| format!("{name}/{}", e.key)).collect();
-        parts.sort();
-        parts
-    };
+    let keys = crate::io::parquet::table_keys(dir, name)?;
     let Some(first) = keys.first() else { return Ok(None) };
     let bytes = dir.get(first)?;
     let url = dir.url_of(first);

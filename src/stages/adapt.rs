@@ -17,7 +17,7 @@ use crate::io::pictures::PictureLoader;
 use crate::learn::crops::crop_faces;
 use crate::learn::finetune::{ScheduleSetting, check_model, fine_tune};
 use crate::models::{self, DeviceChoice};
-use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Context, Kind, Scope, Slot, StageConfig, check, plan_from};
 use crate::tables::faces::{self, FACES};
 use crate::tables::images::{self, CLOAKED, Picture, Status};
 use crate::tables::splits::{self, SPLITS};
@@ -30,6 +30,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[],
     outputs: &[Slot::new("tuned_models", &[TUNED_MODELS])],
     labels: &[],
+    scope: Scope::Dataset,
     plan: plan_from::<Adapt>,
 };
 

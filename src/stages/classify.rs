@@ -14,7 +14,7 @@ use tch::Tensor;
 
 use crate::learn::linear::{Labelled, ProbeConfig, linear_probe, nearest_neighbour};
 use crate::models::DeviceChoice;
-use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Context, Kind, Scope, Slot, StageConfig, check, plan_from};
 use crate::tables::embeddings::{self, EMBEDDINGS};
 use crate::tables::predictions::{self, PREDICTIONS, Prediction};
 use crate::tables::splits::{self, SPLITS, Side};
@@ -26,6 +26,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[],
     outputs: &[Slot::new("predictions", &[PREDICTIONS])],
     labels: &[],
+    scope: Scope::Dataset,
     plan: plan_from::<Classify>,
 };
 

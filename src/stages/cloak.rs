@@ -26,12 +26,12 @@ use crate::io::image::{DecodeLimits, to_chw_f32};
 use crate::io::pictures::PictureLoader;
 use crate::io::{Location, sha256_hex};
 use crate::models::{self, DeviceChoice, FaceModel};
-use crate::pipeline::{Chunks, Context, Kind, Slot, StageConfig, Tally, check, plan_from};
+use crate::pipeline::{Chunks, Context, Kind, Scope, Slot, StageConfig, Tally, check, plan_from};
 use crate::rng::Rng;
 use crate::tables::cloak_shifts::{self, CLOAK_SHIFTS, Shift};
 use crate::tables::cloaks::{self, CLOAKS, CloakRow};
 use crate::tables::faces::{self, FACES};
-use crate::tables::images::{self, CLOAKED, Picture, Replacement};
+use crate::tables::images::{self, CLOAKED, ImageRow, Picture, Replacement};
 use crate::tables::splits::{self, SPLITS, Splits};
 
 pub const KIND: Kind = Kind {
@@ -41,6 +41,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[],
     outputs: &[Slot::new("cloaked_images", &[CLOAKED]), Slot::new("cloaks", &[CLOAKS]), Slot::new("cloak_shifts", &[CLOAK_SHIFTS])],
     labels: &["method", "mode"],
+    scope: Scope::Picture,
     plan: plan_from::<Cloak>,
 };
 
@@ -163,11 +164,13 @@ impl StageConfig for Cloak {
         if let Some(steps) = self.steps {
             cloaker = cloaker.with_steps(steps);
         }
-        let rows = images::read(&ctx.read("images")?)?;
+        // Goals (a user's training faces, a target identity) draw on every picture; a shard
+        // cloaks and writes only its own.
+        let rows: Vec<ImageRow> = images::read(&ctx.read("images")?)?.into_iter().filter(|r| ctx.owns(&r.image_id)).collect();
         let pictures = images::ok_pictures(&ctx.read("images")?)?;
         let faces = faces::read(&ctx.read("faces")?)?;
         let splits = splits::read(&ctx.read("splits")?)?;
-        let to_cloak = self.pictures_to_cloak(&pictures, &splits);
+        let to_cloak: Vec<Picture> = self.pictures_to_cloak(&pictures, &splits).into_iter().filter(|p| ctx.owns(&p.image_id)).collect();
         let users = to_cloak.iter().map(|p| p.identity.as_str()).collect::<std::collections::BTreeSet<_>>().len();
         ctx.log(&format!("{} pictures of {users} users, {} {mode}, ensemble {ensemble:?}", to_cloak.len(), self.method.name()));
         ctx.log(cloaker.notes());

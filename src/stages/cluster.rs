@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::learn::cluster::{agglomerative, kmeans, nmi, own_cluster, project_2d, purity};
-use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Context, Kind, Scope, Slot, StageConfig, check, plan_from};
 use crate::tables::clusters::{self, Assignment, CLUSTER_METRICS, CLUSTERS, ClusterMetric};
 use crate::tables::embeddings::{self, EMBEDDINGS};
 use crate::tables::splits::{self, SPLITS};
@@ -24,6 +24,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[],
     outputs: &[Slot::new("clusters", &[CLUSTERS]), Slot::new("cluster_metrics", &[CLUSTER_METRICS])],
     labels: &[],
+    scope: Scope::Dataset,
     plan: plan_from::<Cluster>,
 };
 

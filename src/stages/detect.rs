@@ -18,7 +18,7 @@ use crate::face::mtcnn::{self, Mtcnn};
 use crate::io::image::DecodeLimits;
 use crate::io::pictures::PictureLoader;
 use crate::models::DeviceChoice;
-use crate::pipeline::{Chunks, Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Chunks, Context, Kind, Scope, Slot, StageConfig, check, plan_from};
 use crate::tables::faces::{self, FACES, FaceRow, Found};
 use crate::tables::images::{self, Picture};
 
@@ -29,6 +29,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[Slot::new("known_faces", &[FACES])],
     outputs: &[Slot::new("faces", &[FACES])],
     labels: &[],
+    scope: Scope::Picture,
     plan: plan_from::<Detect>,
 };
 
@@ -104,7 +105,7 @@ impl StageConfig for Detect {
         let detector = Mtcnn::load(self.device.resolve()?)?;
         let settings = self.settings();
         let image_rows = images::read(&ctx.read("images")?)?;
-        let pictures = images::ok_pictures(&ctx.read("images")?)?;
+        let pictures: Vec<Picture> = images::ok_pictures(&ctx.read("images")?)?.into_iter().filter(|p| ctx.owns(&p.image_id)).collect();
         let known = match ctx.has_input("known_faces") {
             true => faces::read_rows(&ctx.read("known_faces")?)?,
             false => HashMap::new(),

@@ -26,7 +26,7 @@ use crate::learn::finetune::{ScheduleSetting, check_model, fine_tune};
 use crate::learn::linear::{Labelled, Probe, ProbeConfig};
 use crate::learn::roc::{auc, precision_recall};
 use crate::models::{self, DeviceChoice};
-use crate::pipeline::{Context, Kind as StageKind, Labels, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Context, Kind as StageKind, Labels, Scope, Slot, StageConfig, check, plan_from};
 use crate::tables::detections::{self, DETECTION_METRICS, DETECTIONS, Detection, DetectionMetric};
 use crate::tables::faces::{self, FACES};
 use crate::tables::images::{self, CLOAKED, ImageRow, Picture, Status};
@@ -39,6 +39,7 @@ pub const KIND: StageKind = StageKind {
     optional_inputs: &[Slot::new("test_cloaked", &[CLOAKED])],
     outputs: &[Slot::new("detections", &[DETECTIONS]), Slot::new("detection_metrics", &[DETECTION_METRICS])],
     labels: &[],
+    scope: Scope::Dataset,
     plan: plan_from::<DetectCloaks>,
 };
 

@@ -31,7 +31,7 @@ use crate::io::pictures::PictureLoader;
 use crate::learn::finetune::load_tuned;
 use crate::models::card::AlignmentName;
 use crate::models::{self, DeviceChoice, FaceModel};
-use crate::pipeline::{Chunks, Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Chunks, Context, Kind, Scope, Slot, StageConfig, check, plan_from};
 use crate::tables::embeddings::{self, EMBEDDINGS};
 use crate::tables::faces::{self, FACES};
 use crate::tables::images::{self, Picture};
@@ -44,6 +44,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[Slot::new("faces", &[FACES]), Slot::new("weights", &[TUNED_MODELS]), Slot::new("known_embeddings", &[EMBEDDINGS])],
     outputs: &[Slot::new("embeddings", &[EMBEDDINGS])],
     labels: &["model", "alignment"],
+    scope: Scope::Picture,
     plan: plan_from::<Embed>,
 };
 
@@ -140,7 +141,7 @@ impl StageConfig for Embed {
             InputMode::Aligned => (largest_faces(&ctx.read("faces")?)?, Some(Alignment::new(crop_name, card.input_size)?)),
         };
         ctx.log(&format!("{} on {device:?}, input {:?}", self.model, self.input));
-        let pictures = images::ok_pictures(&ctx.read("images")?)?;
+        let pictures: Vec<Picture> = images::ok_pictures(&ctx.read("images")?)?.into_iter().filter(|p| ctx.owns(&p.image_id)).collect();
         let unchanged = images::unchanged(&images::read(&ctx.read("images")?)?);
         let known = self.known(ctx, card.output_dim)?;
         let mut loader = PictureLoader::new(self.limits.clone(), self.concurrency);

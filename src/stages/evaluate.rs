@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Context, Kind, Scope, Slot, StageConfig, check, plan_from};
 use crate::tables::metrics::{self, METRICS, Metric};
 use crate::tables::predictions::{self, PREDICTIONS};
 use crate::tables::splits::{self, SPLITS};
@@ -22,6 +22,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[],
     outputs: &[Slot::new("metrics", &[METRICS])],
     labels: &[],
+    scope: Scope::Dataset,
     plan: plan_from::<Evaluate>,
 };
 

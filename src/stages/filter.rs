@@ -22,7 +22,7 @@ use crate::attack::cloaker::{OutputFormat, encode};
 use crate::io::image::{DecodeLimits, decode, resize};
 use crate::io::pictures::PictureLoader;
 use crate::io::{Location, sha256_hex};
-use crate::pipeline::{Chunks, Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Chunks, Context, Kind, Scope, Slot, StageConfig, check, plan_from};
 use crate::tables::images::{self, FILTERED, ImageRow, Picture, Replacement, Status};
 use crate::tables::splits::{self, SPLITS, Side};
 
@@ -33,6 +33,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[Slot::new("splits", &[SPLITS])],
     outputs: &[Slot::new("filtered_images", &[FILTERED])],
     labels: &["purifier"],
+    scope: Scope::Picture,
     plan: plan_from::<Filter>,
 };
 
@@ -117,7 +118,7 @@ impl StageConfig for Filter {
 
     fn run(&self, ctx: &mut Context) -> Result<()> {
         let filters = self.chain().map_err(anyhow::Error::msg)?;
-        let rows = images::read(&ctx.read("images")?)?;
+        let rows: Vec<ImageRow> = images::read(&ctx.read("images")?)?.into_iter().filter(|r| ctx.owns(&r.image_id)).collect();
         let splits = if self.pictures == Which::Train { Some(splits::read(&ctx.read("splits")?)?) } else { None };
         let chosen =
             |r: &ImageRow| r.status == Status::Ok && splits.as_ref().is_none_or(|s| s.by_image.get(&r.image_id).is_some_and(|(_, side)| *side == Side::Train));

@@ -20,7 +20,7 @@ use crate::learn::crops::crop_faces;
 use crate::learn::finetune::{ScheduleSetting, check_model, fine_tune};
 use crate::learn::linear::guesses;
 use crate::models::{self, DeviceChoice};
-use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Context, Kind, Scope, Slot, StageConfig, check, plan_from};
 use crate::tables::faces::{self, FACES};
 use crate::tables::images::{self, Picture};
 use crate::tables::predictions::{self, PREDICTIONS, Prediction};
@@ -34,6 +34,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[Slot::new("weights", &[TUNED_MODELS])],
     outputs: &[Slot::new("predictions", &[PREDICTIONS])],
     labels: &["model"],
+    scope: Scope::Dataset,
     plan: plan_from::<Finetune>,
 };
 

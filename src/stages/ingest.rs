@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::io::image::{DecodeLimits, decode};
 use crate::io::pictures::fetch_many;
 use crate::io::{Listed, Location, hex, sha256_hex, split_url};
-use crate::pipeline::{Chunks, Context, Kind, Slot, StageConfig, Tally, check, plan_from};
+use crate::pipeline::{Chunks, Context, Kind, Scope, Slot, StageConfig, Tally, check, plan_from};
 use crate::tables::images::{self, IMAGES, ImageRow, Status};
 
 pub const KIND: Kind = Kind {
@@ -35,6 +35,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[],
     outputs: &[Slot::new("images", &[IMAGES])],
     labels: &[],
+    scope: Scope::Picture,
     plan: plan_from::<Ingest>,
 };
 
@@ -115,18 +116,27 @@ impl StageConfig for Ingest {
         Ok(serde_json::json!({ "listing": hex(&h.finalize()), "manifest": manifest }))
     }
 
+    /// Every entry that becomes a row: a sharded run divides them among its shards.
+    fn source_keys(&self) -> Result<Option<Vec<String>>> {
+        let mut keys: Vec<String> = self.items(&Location::open(&self.dataset)?)?.0.into_iter().map(|i| i.rel_path).collect();
+        keys.sort();
+        Ok(Some(keys))
+    }
+
+    fn item_id(&self, key: &str) -> String {
+        images::image_id(key)
+    }
+
     fn run(&self, ctx: &mut Context) -> Result<()> {
         let dataset = Location::open(&self.dataset)?;
-        let items = match &self.manifest {
-            Some(m) => {
-                let (dir, key) = manifest_location(&dataset, m)?;
-                read_manifest(&dir.get(&key)?, &dir.url_of(&key))?
-            }
-            None => list_identity_folders(&dataset, ctx)?,
-        };
+        let (items, skipped) = self.items(&dataset)?;
         if items.is_empty() {
             bail!("{}: no files found (expected <identity>/<picture> or a manifest)", dataset.url());
         }
+        if ctx.accounts_for_unowned() {
+            skipped.into_iter().for_each(|s| ctx.skip(s));
+        }
+        let items: Vec<Item> = items.into_iter().filter(|i| ctx.owns(&images::image_id(&i.rel_path))).collect();
         let outputs = [("images", images::batch(IMAGES, &[])?.schema())];
         ctx.resumable(&items, &Chunks::even(items.len(), self.batch_size), "images", &outputs, |chunk, tally| {
             let rows = self.ingest_chunk(&dataset, chunk, tally);
@@ -139,6 +149,18 @@ impl StageConfig for Ingest {
 }
 
 impl Ingest {
+    /// The dataset's entries (from its manifest, or its identity folders) and, named with why,
+    /// those that are no one's pictures.
+    fn items(&self, dataset: &Location) -> Result<(Vec<Item>, Vec<String>)> {
+        match &self.manifest {
+            Some(m) => {
+                let (dir, key) = manifest_location(dataset, m)?;
+                Ok((read_manifest(&dir.get(&key)?, &dir.url_of(&key))?, Vec::new()))
+            }
+            None => list_identity_folders(dataset),
+        }
+    }
+
     fn ingest_chunk(&self, dataset: &Location, chunk: &[Item], tally: &mut Tally) -> Vec<ImageRow> {
         let readable: Vec<&str> = chunk.iter().filter(|i| i.problem.is_none()).map(|i| i.rel_path.as_str()).collect();
         let mut fetched = fetch_many(dataset, &readable, self.concurrency, self.limits.max_bytes).into_iter();
@@ -198,18 +220,18 @@ fn row(dataset: &Location, item: &Item, bytes: Option<Result<bytes::Bytes>>, lim
     row
 }
 
-/// Lists `<identity>/<file>` entries; hidden entries and files at the root are skipped (counted),
-/// odd entries become items that will be error rows.
-fn list_identity_folders(dataset: &Location, ctx: &mut Context) -> Result<Vec<Item>> {
-    let mut items = Vec::new();
+/// Lists `<identity>/<file>` entries; hidden entries and files at the root are skipped (named in
+/// the second list), odd entries become items that will be error rows.
+fn list_identity_folders(dataset: &Location) -> Result<(Vec<Item>, Vec<String>)> {
+    let (mut items, mut skipped) = (Vec::new(), Vec::new());
     for entry in dataset.walk()? {
         let key = entry.key().to_owned();
         if key.split('/').any(|part| part.starts_with('.')) {
-            ctx.skip(format!("{}: hidden", dataset.url_of(&key)));
+            skipped.push(format!("{}: hidden", dataset.url_of(&key)));
             continue;
         }
         match (entry, key.split_once('/')) {
-            (Listed::File(_), None) => ctx.skip(format!("{}: not in an identity folder", dataset.url_of(&key))),
+            (Listed::File(_), None) => skipped.push(format!("{}: not in an identity folder", dataset.url_of(&key))),
             (Listed::File(_), Some((identity, _))) => items.push(Item { identity: identity.to_owned(), rel_path: key.clone(), problem: None }),
             (Listed::Odd { reason, .. }, split) => {
                 let identity = split.map_or(key.as_str(), |(identity, _)| identity).to_owned();
@@ -217,7 +239,7 @@ fn list_identity_folders(dataset: &Location, ctx: &mut Context) -> Result<Vec<It
             }
         }
     }
-    Ok(items)
+    Ok((items, skipped))
 }
 
 /// Where the manifest is: a URL of its own, or a key inside the dataset.

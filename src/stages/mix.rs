@@ -11,7 +11,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Context, Kind, Scope, Slot, StageConfig, check, plan_from};
 use crate::rng::Rng;
 use crate::tables::images::{self, CLOAKED, ImageRow};
 use crate::tables::splits::{self, SPLITS, Side, Splits};
@@ -23,6 +23,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[],
     outputs: &[Slot::new("scraped_images", &[CLOAKED])],
     labels: &["fraction"],
+    scope: Scope::Dataset,
     plan: plan_from::<Mix>,
 };
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{Context, Kind, Labels, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Context, Kind, Labels, Scope, Slot, StageConfig, check, plan_from};
 use crate::tables::metrics::{self, METRICS, Metric};
 use crate::tables::results::{self, RESULTS, ResultRow};
 
@@ -23,6 +23,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[],
     outputs: &[Slot::new("results", &[RESULTS])],
     labels: &[],
+    scope: Scope::Dataset,
     plan: plan_from::<Results>,
 };
 

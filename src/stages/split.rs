@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::pipeline::{Context, Kind, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Context, Kind, Scope, Slot, StageConfig, check, plan_from};
 use crate::rng::Rng;
 use crate::tables::images::{self, Status};
 use crate::tables::splits::{self, Assignment, Role, SPLITS, Side};
@@ -22,6 +22,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[],
     outputs: &[Slot::new("splits", &[SPLITS])],
     labels: &[],
+    scope: Scope::Dataset,
     plan: plan_from::<Split>,
 };
 

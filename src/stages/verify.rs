@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind as DType, Tensor};
 
 use crate::learn::roc::{auc, eer};
-use crate::pipeline::{Context, Kind, Slot, StageConfig, plan_from};
+use crate::pipeline::{Context, Kind, Scope, Slot, StageConfig, plan_from};
 use crate::tables::embeddings::{self, EMBEDDINGS};
 use crate::tables::images;
 use crate::tables::verification::{self, VERIFICATION, Verification};
@@ -19,6 +19,7 @@ pub const KIND: Kind = Kind {
     optional_inputs: &[],
     outputs: &[Slot::new("verification", &[VERIFICATION])],
     labels: &[],
+    scope: Scope::Dataset,
     plan: plan_from::<Verify>,
 };
 
