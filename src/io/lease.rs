@@ -40,6 +40,12 @@ struct Holder {
 }
 
 impl Holder {
+    /// Whether the holder is known to be dead: it ran on this host and no process has its pid.
+    fn is_gone(&self) -> bool {
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        self.host == hostname() && unsafe { libc::kill(self.pid as libc::pid_t, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    }
+
     fn describe(&self) -> String {
         format!("`{}` (pid {} on {}, started {})", self.command, self.pid, self.host, format_unix(self.started_unix))
     }
@@ -145,7 +151,9 @@ fn acquire_s3(location: &Location, key: &str, holder: Holder, ttl: Duration) -> 
                 bail!("{url}: the run's lease vanished while it was being taken; run again");
             };
             let other: Option<Holder> = serde_json::from_slice(&stale).ok();
-            if let Some(other) = other.as_ref().filter(|o| o.expires_unix > unix_now()) {
+            // A live lease blocks, unless its holder ran on this host and its process is gone
+            // (a killed shard retried on the same node need not wait for the lease to lapse).
+            if let Some(other) = other.as_ref().filter(|o| o.expires_unix > unix_now() && !o.is_gone()) {
                 return Err(InUse(format!(
                     "{url}: the run is in use by {}: one run writes into a run root at a time; wait for it to finish \
                      (a run that was killed lets its lease lapse at {})",
@@ -158,7 +166,8 @@ fn acquire_s3(location: &Location, key: &str, holder: Holder, ttl: Duration) -> 
             match location.replace(key, body(&holder), Some(&stale_version))? {
                 Some(version) => {
                     if let Some(other) = other.filter(|o| o.expires_unix > 0) {
-                        warn(&format!("{url}: took over the lapsed lease of {}", other.describe()));
+                        let why = if other.expires_unix > unix_now() { "the lease of a process that is gone" } else { "the lapsed lease" };
+                        warn(&format!("{url}: took over {why}: {}", other.describe()));
                     }
                     version
                 }
@@ -205,8 +214,11 @@ fn unix_now() -> u64 {
 }
 
 fn format_unix(secs: u64) -> String {
-    let ago = unix_now().saturating_sub(secs);
-    format!("unix time {secs}, {ago} s ago")
+    let now = unix_now();
+    match secs > now {
+        true => format!("unix time {secs}, in {} s", secs - now),
+        false => format!("unix time {secs}, {} s ago", now - secs),
+    }
 }
 
 fn hostname() -> String {

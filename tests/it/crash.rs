@@ -47,14 +47,14 @@ kind = "evaluate"
 }
 
 /// A run in the background whose stderr lines are collected as they come.
-struct Background {
-    child: Child,
+pub struct Background {
+    pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Background {
-    fn start(args: &[String]) -> Background {
+    pub fn start(args: &[String]) -> Background {
         let mut child =
             Command::new(env!("CARGO_BIN_EXE_cloakbench")).args(args).current_dir(repo()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -73,7 +73,7 @@ impl Background {
     }
 
     /// Waits until a line contains `needle`; false if the run ended first.
-    fn wait_for(&mut self, needle: &str, limit: Duration) -> bool {
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> bool {
         self.wait_for_any(&[needle.to_owned()], limit).is_some()
     }
 
@@ -95,7 +95,7 @@ impl Background {
         }
     }
 
-    fn finish(&mut self) -> std::process::ExitStatus {
+    pub fn finish(&mut self) -> std::process::ExitStatus {
         let status = self.child.wait().unwrap();
         if let Some(reader) = self.reader.take() {
             reader.join().unwrap();
@@ -103,7 +103,7 @@ impl Background {
         status
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
 
@@ -118,13 +118,13 @@ impl Background {
 }
 
 /// A uniform delay in [0, hi) from the crate's seeded generator: the kill schedule replays.
-fn uniform(rng: &mut cloakbench::rng::Rng, hi: f64) -> f64 {
+pub fn uniform(rng: &mut cloakbench::rng::Rng, hi: f64) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * hi
 }
 
 /// Every Parquet file under `dir` outside the bookkeeping folders is whole: it starts and ends
 /// with `PAR1` and its footer fits in it. Staging files (a dot and the name) are not tables.
-fn assert_no_partial_table(dir: &Path) {
+pub fn assert_no_partial_table(dir: &Path) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(folder) = stack.pop() {
         for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {

@@ -18,6 +18,7 @@ mod properties;
 mod resume;
 mod robustness;
 mod s3;
+mod shards;
 mod study;
 mod user_models;
 

@@ -135,13 +135,14 @@ fn a_run_root_on_s3_has_one_writer_and_a_lapsed_lease_is_taken_over() {
     python_check("s3_helper.py", &["upload", &endpoint, "faces", "fixture", fixture.to_str().unwrap()], &env);
     let dir = scratch("s3-lease");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let put_lease = |expires: u64| {
-        let lease = serde_json::json!({"owner": "elsewhere:4242:1", "host": "elsewhere", "pid": 4242, "command": "cloakbench run baseline",
+    let put_lease_of = |key: &str, host: &str, pid: u32, expires: u64| {
+        let lease = serde_json::json!({"owner": format!("{host}:{pid}:1"), "host": host, "pid": pid, "command": "cloakbench run baseline",
                                        "started_unix": now - 100, "expires_unix": expires});
         let file = dir.join("lease.json");
         std::fs::write(&file, lease.to_string()).unwrap();
-        python_check("s3_helper.py", &["put", &endpoint, "faces", "runs/baseline/_lock", file.to_str().unwrap()], &env);
+        python_check("s3_helper.py", &["put", &endpoint, "faces", key, file.to_str().unwrap()], &env);
     };
+    let put_lease = |expires: u64| put_lease_of("runs/baseline/_lock", "elsewhere", 4242, expires);
     let args = ["run", "pipelines/baseline.toml", "--set", "ingest.dataset=s3://faces/fixture", "--run-root", "s3://faces/runs"];
 
     put_lease(now + 3600);
@@ -149,11 +150,21 @@ fn a_run_root_on_s3_has_one_writer_and_a_lapsed_lease_is_taken_over() {
     let err = text(&refused.stderr);
     assert!(err.contains("s3://faces/runs/baseline/_lock: the run is in use by `cloakbench run baseline` (pid 4242 on elsewhere"), "{err}");
 
+    // A live lease of a process of this host that is gone (a killed run retried on its node)
+    // is taken over at once.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let this_host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned();
+    put_lease_of("gone/baseline/_lock", &this_host, gone.id(), now + 3600);
+    let log =
+        text(&cloakbench(&["run", "pipelines/baseline.toml", "--set", "ingest.dataset=s3://faces/fixture", "--run-root", "s3://faces/gone"], &env).stderr);
+    assert!(log.contains(&format!("took over the lease of a process that is gone: `cloakbench run baseline` (pid {} on {this_host}", gone.id())), "{log}");
+
     put_lease(now - 10);
     let ttl = [("CLOAKBENCH_LEASE_TTL_S", "3")];
     let out = cloakbench(&args, &[&env[..], &ttl[..]].concat());
     let log = text(&out.stderr);
-    assert!(log.contains("took over the lapsed lease of `cloakbench run baseline` (pid 4242 on elsewhere"), "{log}");
+    assert!(log.contains("took over the lapsed lease: `cloakbench run baseline` (pid 4242 on elsewhere"), "{log}");
     assert!(!log.contains("cannot renew") && !log.contains("taken over by another run"), "the lease was not renewed:\n{log}");
     let lease: serde_json::Value =
         serde_json::from_str(python_check("s3_helper.py", &["get", &endpoint, "faces", "runs/baseline/_lock", "-"], &env).trim()).unwrap();

@@ -1,6 +1,9 @@
 """Compares a sharded run's committed tables with a single-process run's, row for row.
 
-Usage: compare_sharded.py SINGLE_RUN SHARDED_RUN [--tolerance T]
+Usage: compare_sharded.py SINGLE_RUN SHARDED_RUN [--tolerance T] [--urls URL_A URL_B]
+
+SINGLE_RUN and SHARDED_RUN are local folders (an S3 run downloaded first: then --urls gives the
+runs' own URLs, which the tables' paths start with).
 
 Every table of SINGLE_RUN (`<table>.parquet`) must exist in SHARDED_RUN, either as one file or
 through its manifest `<table>/_manifest.json` (read as users are told to in the README: the
@@ -37,9 +40,9 @@ def read_committed(run, table):
     return df, pdf
 
 
-def normalised(df, run):
+def normalised(df, run, url=None):
     """Paths written as RUN/..., a shard's folder left out; timing columns dropped."""
-    prefix = str(run.resolve())
+    prefix = url or str(run.resolve())
     df = df.drop([c for c in df.columns if c in TIMING_COLUMNS])
     return df.with_columns(
         pl.col(c).str.replace(prefix, "RUN", literal=True).str.replace_all(SHARD_FOLDER.pattern, "") for c, t in df.schema.items() if t == pl.String
@@ -70,16 +73,17 @@ def close(a, b, tolerance):
 def main():
     single, sharded = (pathlib.Path(p) for p in sys.argv[1:3])
     tolerance = float(sys.argv[sys.argv.index("--tolerance") + 1]) if "--tolerance" in sys.argv else 0.0
+    url_a, url_b = sys.argv[sys.argv.index("--urls") + 1:sys.argv.index("--urls") + 3] if "--urls" in sys.argv else (None, None)
     if not (sharded / "_SUCCESS").exists():
         sys.exit(f"{sharded}: no _SUCCESS: the run is not committed")
     tables = rows = pictures = 0
     for path in sorted(single.glob("*.parquet")):
         table = path.stem
-        a = normalised(pl.read_parquet(path), single)
+        a = normalised(pl.read_parquet(path), single, url_a)
         b, b_pandas = read_committed(sharded, table)
         if b_pandas.shape != b.shape or list(b_pandas.columns) != b.columns:
             sys.exit(f"{table}: Pandas reads {b_pandas.shape}, Polars {b.shape}")
-        b = normalised(b, sharded)
+        b = normalised(b, sharded, url_b)
         if a.shape != b.shape:
             sys.exit(f"{table}: {a.shape} in the single run, {b.shape} sharded")
         # Rows keyed by everything but the floats, which are compared within the tolerance.
