@@ -13,7 +13,7 @@ export LIBTORCH_USE_PYTORCH := 1
 BIN := $(CARGO_TARGET_DIR)/release/cloakbench
 PIPELINE ?= pipelines/study_demo.toml
 
-.PHONY: setup build lint demo test bench bench-zoo lpips clean-runs
+.PHONY: setup build lint demo test bench bench-shards bench-zoo lpips clean-runs
 
 setup:
 	@scripts/setup.sh
@@ -40,6 +40,11 @@ bench: build
 	$(BIN) bench baseline $(ARGS)
 	$(BIN) bench decode
 	$(BIN) bench cloak $(CLOAK_ARGS)
+
+## A sharded run as a Slurm array (100 shards of lfw158, 5% crashing once) against one process:
+## wall times, overhead per shard, tables equal (minutes; installs a single-node Slurm).
+bench-shards: build
+	scripts/bench_shards.sh
 
 ## Every model: probe and 1-NN accuracy (facescrub12), LFW verification AUC, images/s.
 bench-zoo: build

@@ -7,6 +7,8 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Memory follows the batch, not the dataset (see the function).
+    cloakbench::runtime::bound_malloc_arenas();
     // The same seed gives the same bytes in every run (MKL's strict reproducible mode).
     cloakbench::runtime::make_cpu_reproducible();
     cloakbench::cli::main()
