@@ -56,6 +56,9 @@ enum Command {
         /// How many shards: many more than machines is normal (stragglers even out).
         #[arg(long)]
         shards: usize,
+        /// Accepted as for `run` and `commit` (a launcher passes them all the same flags).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Commit a sharded run: check every shard's marker and parts, write each table's manifest,
     /// run the stages that need the whole dataset, and after the last phase write _SUCCESS.
@@ -272,7 +275,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { pipeline, shard: Some(shard), shards, force, quiet, .. } => run_shard(&pipeline, &shard, shards, RunOptions { force, quiet }),
         Command::Run { pipeline, force, quiet, dry_run, report, .. } => run(&pipeline, RunOptions { force, quiet }, dry_run, report),
-        Command::Plan { pipeline, shards } => plan_shards(&pipeline, shards),
+        Command::Plan { pipeline, shards, .. } => plan_shards(&pipeline, shards),
         Command::Commit { pipeline, quiet } => commit(&pipeline, RunOptions { force: false, quiet }),
         Command::Report { run, out, quiet } => {
             let index = crate::report::write(&run, out.as_deref(), quiet)?;

@@ -26,7 +26,7 @@ say() { echo "[launch] $*" >&2; }
 "$CLOAKBENCH" plan "$PIPELINE" --shards "$SHARDS" "$@"
 for phase in $(seq 0 100); do
     # shellcheck disable=SC2086
-    sbatch --wait --parsable --array="0-$((SHARDS - 1))" ${GRES:+--gres=$GRES} \
+    sbatch --wait --quiet --array="0-$((SHARDS - 1))" ${GRES:+--gres=$GRES} \
         --output="$LOGS/%A_%a.log" ${SBATCH_ARGS:-} "$HERE/shard.sbatch" "$PIPELINE" "$@" >&2 \
         || say "the array ended with failed tasks; the commit names any shard that is not done"
     set +e
