@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::location::{Sink, StagedFile};
 use super::{Location, block_on, sha256_hex};
 
+/// The most a row group holds before it is flushed (its estimated encoded size).
+const ROW_GROUP_BYTES: usize = 64 << 20;
+
 /// Streams batches into `<dir>/<name>.parquet`; the file appears only when [`finish`] succeeds.
 ///
 /// [`finish`]: TableWriter::finish
@@ -33,7 +36,9 @@ impl TableWriter {
     pub fn create(dir: &Location, name: &str, schema: SchemaRef) -> Result<TableWriter> {
         let key = format!("{name}.parquet");
         let url = dir.url_of(&key);
-        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        // Row groups of at most 64 MiB: a large table is flushed as it is written, not held in
+        // memory until it is finished.
+        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_bytes(Some(ROW_GROUP_BYTES)).build();
         let inner = match dir.sink(&key)? {
             Sink::File(staged) => {
                 let file = staged.file.try_clone().with_context(|| format!("{url}: cannot write"))?;
