@@ -189,6 +189,27 @@ fn shards_killed_at_seeded_moments_commit_the_tables_of_an_uninterrupted_run() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+#[test]
+fn sigterm_saves_the_chunk_in_progress_and_the_restarted_shard_resumes_after_it() {
+    let dir = scratch("shards-sigterm");
+    let spec = embed_pipeline(&dir);
+    let (spec, root) = (spec.to_str().unwrap(), dir.join("runs"));
+    let root = root.to_str().unwrap();
+    cloakbench(&["plan", spec, "--shards", "1", "--run-root", root], &[]);
+    let args: Vec<String> = run_args(spec, root, &["--shard", "0"]).iter().map(|s| s.to_string()).collect();
+    let mut run = Background::start(&args);
+    assert!(run.wait_for("detect: running", Duration::from_secs(120)), "{}", run.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = run.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = run.finish();
+    assert_eq!(status.code(), Some(1), "a shard stopped by SIGTERM exits non-zero so the scheduler retries it:\n{}", run.log());
+    assert!(run.log().contains("detect: stopped by SIGTERM after saving chunk"), "{}", run.log());
+    let resumed = stderr_of(&cloakbench(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    assert!(resumed.contains("ingest: up to date") && resumed.contains("detect: resumed: "), "{resumed}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// Starts (installing it the first time) the single-node Slurm of tests/slurm/start.sh and
 /// returns its configuration file.
 fn start_slurm() -> String {
@@ -207,7 +228,10 @@ fn a_slurm_array_over_s3_with_a_crashed_and_requeued_shard_commits_the_single_pr
     let spec = protect_pipeline(&dir, "slurm");
     let spec = spec.to_str().unwrap();
     let dataset = "ingest.dataset=s3://faces/fixture";
-    cloakbench(&["run", spec, "--set", dataset, "--run-root", "s3://faces/single", "-q"], &env);
+    // Bitwise equality needs the same thread count (a sum splits by threads): shard.sbatch gives
+    // each task its one CPU's worth of threads, and so the reference gets one too.
+    let one_thread = [("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"), ("RAYON_NUM_THREADS", "1")];
+    cloakbench(&["run", spec, "--set", dataset, "--run-root", "s3://faces/single", "-q"], &[&env[..], &one_thread[..]].concat());
 
     // Task 1's first attempt is SIGKILLed two seconds in (a crash): shard.sbatch requeues it.
     let wrapper = dir.join("cloakbench-crashing-once.sh");
