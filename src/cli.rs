@@ -177,8 +177,9 @@ enum BenchCommand {
         dataset: String,
         #[arg(long, default_value = "dlib_resnet29_150")]
         model: String,
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
+        /// Embed batch sizes to measure (how throughput moves with the batch).
+        #[arg(long, alias = "batch-size", value_delimiter = ',', default_value = "8,32,64")]
+        batch_sizes: Vec<usize>,
         /// auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
@@ -307,8 +308,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Stages => stages(),
-        Command::Bench { command: BenchCommand::Baseline { dataset, model, batch_size, device }, out } => {
-            crate::commands::bench::baseline(&dataset, &model, batch_size, &device, &out)
+        Command::Bench { command: BenchCommand::Baseline { dataset, model, batch_sizes, device }, out } => {
+            crate::commands::bench::baseline(&dataset, &model, &batch_sizes, &device, &out)
         }
         Command::Bench { command: BenchCommand::Decode { dataset }, out } => crate::commands::bench::decode(&dataset, &out),
         Command::Bench { command: BenchCommand::Zoo { run_root, force }, out } => crate::commands::bench::zoo(&run_root, force, &out),

@@ -19,59 +19,55 @@ use crate::stages::KINDS;
 use crate::tables::bench::{self, Figure};
 use crate::tables::{metrics, verification};
 
-pub fn baseline(dataset: &str, model: &str, batch_size: usize, device: &str, out: &str) -> Result<ExitCode> {
+pub fn baseline(dataset: &str, model: &str, batch_sizes: &[usize], device: &str, out: &str) -> Result<ExitCode> {
     let scratch = std::env::temp_dir().join(format!("cloakbench-bench-{}", std::process::id()));
     let ingest = format!(
         "[pipeline]\nname = \"bench\"\nrun_root = {root:?}\n[stages.ingest]\nkind = \"ingest\"\ndataset = {dataset:?}\n",
         root = scratch.display().to_string(),
     );
-    let embed = format!("{ingest}[stages.embed]\nkind = \"embed\"\nmodel = {model:?}\nbatch_size = {batch_size}\ndevice = {device:?}\n");
-    let options = RunOptions { force: true, quiet: true };
     let only_ingest = pipeline::parse(&ingest, &[], KINDS)?;
-    let plan = pipeline::parse(&embed, &[], KINDS)?;
-
     let t = Instant::now();
-    pipeline::run(&only_ingest, &options)?;
+    pipeline::run(&only_ingest, &RunOptions { force: true, quiet: true })?;
     let ingest_s = t.elapsed().as_secs_f64();
     let run_dir = crate::io::Location::open(&scratch.join("bench").display().to_string())?;
     let n_images: usize = parquet::read(&run_dir, "images")?.iter().map(|b| b.num_rows()).sum();
 
-    let t = Instant::now();
-    // Not forced: ingest is up to date and skipped, so only embed is timed.
-    pipeline::run(&plan, &RunOptions { force: false, quiet: true })?;
-    let embed_s = t.elapsed().as_secs_f64();
-    let n_embedded: usize = parquet::read(&run_dir, "embeddings")?.iter().map(|b| b.num_rows()).sum();
-
-    let raw_s = raw_forward_seconds(model, batch_size, n_embedded, device)?;
-    let peak_mib = peak_rss_mib();
-    std::fs::remove_dir_all(&scratch).ok();
-
     let dev = crate::models::device(device)?;
-    println!("cloakbench bench: {dataset}, model {model}, batch {batch_size}, device {dev:?}, {} threads", tch::get_num_threads());
+    println!("cloakbench bench: {dataset}, model {model}, device {dev:?}, {} threads", tch::get_num_threads());
     println!("  ingest          {n_images:>6} images  {ingest_s:>7.2} s  {:>8.1} images/s", n_images as f64 / ingest_s);
-    println!("  embed           {n_embedded:>6} images  {embed_s:>7.2} s  {:>8.1} images/s", n_embedded as f64 / embed_s);
-    println!("  raw forward     {n_embedded:>6} images  {raw_s:>7.2} s  {:>8.1} images/s  (random tensors, same batch size)", n_embedded as f64 / raw_s);
-    println!("  embed / raw forward throughput: {:.2}  (1.00 = no pipeline overhead)", raw_s / embed_s);
-    println!("  peak resident memory: {peak_mib:.0} MiB");
-    let figure = |subject: &str, metric: &str, value: f64, unit: &str, reference: Option<f64>| Figure {
+    let figure = |subject: &str, batch_size: Option<usize>, metric: &str, value: f64, unit: &str, reference: Option<f64>| Figure {
         bench: "baseline".into(),
         device: device_name(dev),
         subject: subject.into(),
-        batch_size: Some(batch_size as i64),
+        batch_size: batch_size.map(|b| b as i64),
         metric: metric.into(),
         value,
         unit: unit.into(),
         reference,
     };
-    write_figures(
-        out,
-        "baseline",
-        &[
-            figure("ingest", "images_per_s", n_images as f64 / ingest_s, "images/s", None),
-            figure(&format!("embed {model}"), "images_per_s", n_embedded as f64 / embed_s, "images/s", Some(n_embedded as f64 / raw_s)),
-            figure("process", "peak_rss", peak_mib, "MiB", None),
-        ],
-    )?;
+    let mut figures = vec![figure("ingest", None, "images_per_s", n_images as f64 / ingest_s, "images/s", None)];
+    // How embed's throughput, and the raw model's beside it, move with the batch size.
+    for &batch_size in batch_sizes {
+        let embed = format!("{ingest}[stages.embed]\nkind = \"embed\"\nmodel = {model:?}\nbatch_size = {batch_size}\ndevice = {device:?}\n");
+        let plan = pipeline::parse(&embed, &[], KINDS)?;
+        let t = Instant::now();
+        // Not forced: ingest is up to date and skipped, so only embed is timed.
+        pipeline::run(&plan, &RunOptions { force: false, quiet: true })?;
+        let embed_s = t.elapsed().as_secs_f64();
+        let n_embedded: usize = parquet::read(&run_dir, "embeddings")?.iter().map(|b| b.num_rows()).sum();
+        let raw_s = raw_forward_seconds(model, batch_size, n_embedded, device)?;
+        let (embed_rate, raw_rate) = (n_embedded as f64 / embed_s, n_embedded as f64 / raw_s);
+        println!(
+            "  batch {batch_size:>4}: embed {embed_rate:>7.1} images/s, raw forward {raw_rate:>7.1} images/s (random tensors): embed / raw {:.2}",
+            embed_rate / raw_rate
+        );
+        figures.push(figure(&format!("embed {model}"), Some(batch_size), "images_per_s", embed_rate, "images/s", Some(raw_rate)));
+    }
+    let peak_mib = peak_rss_mib();
+    std::fs::remove_dir_all(&scratch).ok();
+    println!("  (embed / raw forward: 1.00 = no pipeline overhead)\n  peak resident memory: {peak_mib:.0} MiB");
+    figures.push(figure("process", None, "peak_rss", peak_mib, "MiB", None));
+    write_figures(out, "baseline", &figures)?;
     Ok(ExitCode::SUCCESS)
 }
 

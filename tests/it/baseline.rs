@@ -109,6 +109,7 @@ fn benchmarks_write_their_figures_as_a_table() {
     cloakbench(&["bench", "cloak", "--pictures", "1", "--steps", "1", "--batch-sizes", "1", "--size", "160", "160", "--out", o], &[]);
     let baseline = python_check("check_tables.py", &[out.join("baseline").to_str().unwrap()], &[]);
     assert!(baseline.contains("images_per_s") && baseline.contains("peak_rss"), "{baseline}");
+    assert!(baseline.contains("\"bench\": 5"), "ingest, embed at batch 8, 32 and 64, peak memory: {baseline}");
     cloakbench(&["bench", "decode", "--dataset", dataset.to_str().unwrap(), "--out", o], &[]);
     let decode = python_check("check_tables.py", &[out.join("decode").to_str().unwrap()], &[]);
     assert!(decode.contains("images_per_s"), "{decode}");
