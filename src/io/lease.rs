@@ -221,7 +221,8 @@ fn format_unix(secs: u64) -> String {
     }
 }
 
-fn hostname() -> String {
+/// This host's name, as a lease records its holder's.
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;

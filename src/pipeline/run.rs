@@ -101,15 +101,8 @@ impl RunSummary {
 
 /// Runs `plan`, writing its tables under `<run_root>/<name>/`.
 pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
-    let root = Location::create(&plan.run_root)?;
-    let run_dir = root.child(&plan.name);
-    let _lease = io::lease::acquire(&run_dir, "_lock", &format!("cloakbench run {}", plan.name), lease_ttl())?;
-    // Holding the lease, no write of ours is in flight: what staging files remain were cut
-    // short by a kill.
-    let leftovers = run_dir.remove_staging_leftovers()?;
-    if leftovers > 0 {
-        crate::progress::info(options.quiet, &format!("removed {leftovers} staging files an interrupted run left behind"));
-    }
+    let run_dir = run_dir(plan)?;
+    let _lease = hold(&run_dir, &format!("cloakbench run {}", plan.name), options)?;
     let mut summary = RunSummary { run_dir: run_dir.url().to_owned(), ..Default::default() };
     let table_labels = table_labels(plan);
     for (stage, fingerprint) in plan.stages.iter().zip(fingerprints(plan)?) {
@@ -118,6 +111,23 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
         write_manifest(plan, &run_dir, &summary)?;
     }
     Ok(summary)
+}
+
+/// The plan's run folder, `<run_root>/<name>/` (the root is created if need be).
+pub(super) fn run_dir(plan: &Plan) -> Result<Location> {
+    Ok(Location::create(&plan.run_root)?.child(&plan.name))
+}
+
+/// Takes `dir` for `command` (one writer at a time) and removes the staging files a killed
+/// writer left there: holding the lease, no write of ours is in flight, so what remains was
+/// cut short by a kill.
+pub(super) fn hold(dir: &Location, command: &str, options: &RunOptions) -> Result<io::lease::Lease> {
+    let lease = io::lease::acquire(dir, "_lock", command, lease_ttl())?;
+    let leftovers = dir.remove_staging_leftovers()?;
+    if leftovers > 0 {
+        crate::progress::info(options.quiet, &format!("removed {leftovers} staging files an interrupted run left behind"));
+    }
+    Ok(lease)
 }
 
 /// table -> the labels of the stage that writes it.
@@ -210,7 +220,7 @@ fn fingerprint(stage: &PlannedStage, table_fp: &HashMap<String, String>) -> Resu
 
 /// How long an S3 run lease lives unless renewed (`CLOAKBENCH_LEASE_TTL_S`, default 120 s):
 /// how long a killed run blocks the next one on S3.
-pub(super) fn lease_ttl() -> std::time::Duration {
+fn lease_ttl() -> std::time::Duration {
     let secs = std::env::var("CLOAKBENCH_LEASE_TTL_S").ok().and_then(|v| v.parse::<u64>().ok()).filter(|&s| s >= 3).unwrap_or(120);
     std::time::Duration::from_secs(secs)
 }

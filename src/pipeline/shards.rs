@@ -19,7 +19,7 @@
 //! Readers read a sharded table only through its manifest (`crate::io::parquet`), which is
 //! written after every part it lists is whole: no reader sees a table in part.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
@@ -177,7 +177,7 @@ pub fn divide(keys: &[String], shards: usize) -> Vec<Vec<String>> {
 /// Writes the run's `plan.json` (`shards` shards) unless an identical plan is there; a
 /// different plan already there is an error: a run's plan never changes.
 pub fn plan(plan: &Plan, shards: usize) -> Result<(ShardPlan, String)> {
-    let run_dir = Location::create(&plan.run_root)?.child(&plan.name);
+    let run_dir = run::run_dir(plan)?;
     let (source, mut keys) = source_keys(plan)?;
     keys.sort();
     if shards == 0 || shards > keys.len() {
@@ -265,7 +265,7 @@ pub enum ShardOutcome {
 
 /// Runs shard `index` of the current phase (see the module).
 pub fn run_shard(plan: &Plan, index: usize, expected_shards: Option<usize>, options: &RunOptions) -> Result<ShardOutcome> {
-    let run_dir = Location::create(&plan.run_root)?.child(&plan.name);
+    let run_dir = run::run_dir(plan)?;
     let shard_plan = checked_plan(plan, &run_dir)?;
     if let Some(n) = expected_shards.filter(|&n| n != shard_plan.shards) {
         return Err(PlanError(format!("{}: planned with {} shards, this task expects {n}", run_dir.url_of(PLAN_KEY), shard_plan.shards)).into());
@@ -283,8 +283,7 @@ pub fn run_shard(plan: &Plan, index: usize, expected_shards: Option<usize>, opti
     }
     let started = std::time::Instant::now();
     let shard_dir = run_dir.child(&shard_folder(phase, index));
-    let _lease = io::lease::acquire(&shard_dir, "_lock", &format!("cloakbench run {} --shard {index}", plan.name), run::lease_ttl())?;
-    shard_dir.remove_staging_leftovers()?;
+    let _lease = run::hold(&shard_dir, &format!("cloakbench run {} --shard {index}", plan.name), options)?;
     let steps = steps(plan);
     let here: Vec<usize> = (0..plan.stages.len()).filter(|&i| steps[i] == Step::Shards(phase)).collect();
     let source = plan
@@ -325,16 +324,15 @@ pub fn run_shard(plan: &Plan, index: usize, expected_shards: Option<usize>, opti
 
 /// Host, process and the scheduler's restart count, when it gives one.
 fn attempt() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into());
+    let host = io::lease::hostname();
     let restarts = ["SLURM_RESTART_COUNT", "AWS_BATCH_JOB_ATTEMPT"].iter().find_map(|v| std::env::var(v).ok().map(|n| format!(" {v}={n}")));
     format!("{host} pid {}{}", std::process::id(), restarts.unwrap_or_default())
 }
 
 /// Commits what the shards wrote, phase by phase (see the module).
 pub fn commit(plan: &Plan, options: &RunOptions) -> Result<Committed> {
-    let run_dir = Location::create(&plan.run_root)?.child(&plan.name);
-    let _lease = io::lease::acquire(&run_dir, "_lock", &format!("cloakbench commit {}", plan.name), run::lease_ttl())?;
-    run_dir.remove_staging_leftovers()?;
+    let run_dir = run::run_dir(plan)?;
+    let _lease = run::hold(&run_dir, &format!("cloakbench commit {}", plan.name), options)?;
     let shard_plan = checked_plan(plan, &run_dir)?;
     let steps = steps(plan);
     let fingerprints = run::fingerprints(plan)?;
@@ -438,25 +436,26 @@ pub fn shard_from_env(get: impl Fn(&str) -> Option<String>) -> Result<(usize, Op
     Err(PlanError("--shard auto: none of JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID, AWS_BATCH_JOB_ARRAY_INDEX is set; give --shard K".into()))
 }
 
-/// The shards' keys cover the listing once: every key in exactly one shard.
-pub fn check_cover(shard_plan: &ShardPlan) -> Result<()> {
-    let mut seen = HashSet::new();
-    for (k, keys) in shard_plan.keys.iter().enumerate() {
-        for key in keys {
-            if !seen.insert(key) {
-                bail!("plan: {key} is in two shards (the second is {k})");
-            }
-        }
-    }
-    if seen.len() != shard_plan.items {
-        bail!("plan: the shards hold {} items, the listing {}", seen.len(), shard_plan.items);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    /// The shards' keys cover the listing once: every key in exactly one shard.
+    fn check_cover(shard_plan: &ShardPlan) -> Result<()> {
+        let mut seen = HashSet::new();
+        for (k, keys) in shard_plan.keys.iter().enumerate() {
+            for key in keys {
+                if !seen.insert(key) {
+                    bail!("plan: {key} is in two shards (the second is {k})");
+                }
+            }
+        }
+        if seen.len() != shard_plan.items {
+            bail!("plan: the shards hold {} items, the listing {}", seen.len(), shard_plan.items);
+        }
+        Ok(())
+    }
 
     #[test]
     fn shards_cover_the_listing_once_and_differ_by_at_most_one() {

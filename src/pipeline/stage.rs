@@ -93,7 +93,7 @@ pub trait Stage: Send + Sync {
     /// Checks the configuration against the input slots the file wires (`wired`).
     fn validate_wiring(&self, wired: &[&str]) -> Result<(), String>;
     /// For a stage that reads from outside the run (a dataset): the keys of the items it
-    /// reads, sorted, which a sharded run divides among its shards. `None` for other stages.
+    /// reads, which a sharded run sorts and divides among its shards. `None` for other stages.
     fn source_keys(&self) -> Result<Option<Vec<String>>>;
     /// The id of a source's item with key `key`, as the rows made from it carry it (what
     /// [`Context::owns`] is asked about).

@@ -118,9 +118,7 @@ impl StageConfig for Ingest {
 
     /// Every entry that becomes a row: a sharded run divides them among its shards.
     fn source_keys(&self) -> Result<Option<Vec<String>>> {
-        let mut keys: Vec<String> = self.items(&Location::open(&self.dataset)?)?.0.into_iter().map(|i| i.rel_path).collect();
-        keys.sort();
-        Ok(Some(keys))
+        Ok(Some(self.items(&Location::open(&self.dataset)?)?.0.into_iter().map(|i| i.rel_path).collect()))
     }
 
     fn item_id(&self, key: &str) -> String {
