@@ -3,12 +3,14 @@
 `cloakbench bench cloak` times our engine against.
 
 Usage: fawkes_attack.py --weights W.safetensors --picture P.png --size H W --pictures N
-                        --batch B --steps S [--threads T] [--device cpu|cuda|cuda:N]
+                        --batch B --steps S [--threads T] [--device cpu|cuda|cuda:N] [--profile]
 
 Same work as the engine: full pictures of H x W (the PNG resized), the face cropped to dlib's
 150x150 chip through affine_grid + grid_sample, tanh parameterisation, Adadelta (rho 0.95,
 eps 1e-7), DSSIM penalty with the adaptive weight, L-inf cap of 15. Prints one JSON line:
-{"seconds": total, "pictures": N, "steps": S, "batch": B}.
+{"seconds": total, "pictures": N, "steps": S, "batch": B}; with --profile also "phases": seconds
+per phase of the step (crop, forward, objective, backward, update: the engine's names, see
+`engine::PHASES`), the clock waiting for the device at each phase's end.
 """
 import argparse
 import json
@@ -56,7 +58,27 @@ def chip_theta(h, w, n, device):
     return torch.tensor([rx, ry], dtype=torch.float32, device=device).expand(n, 2, 3)
 
 
-def attack(model, x0, steps, th=0.017, lr=15.0, eps=15.0):
+class Clock:
+    """Charges the time since the last lap to a phase; does nothing when off."""
+
+    def __init__(self, on, sync):
+        self.on, self.sync, self.phases, self.last = on, sync, {}, time.perf_counter()
+
+    def reset(self):
+        if self.on:
+            self.sync()
+            self.last = time.perf_counter()
+
+    def lap(self, phase):
+        if self.on:
+            self.sync()
+            now = time.perf_counter()
+            self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
+            self.last = now
+
+
+def attack(model, x0, steps, th=0.017, lr=15.0, eps=15.0, clock=None):
+    clock = clock or Clock(False, None)
     n, _, h, w = x0.shape
     theta = chip_theta(h, w, n, x0.device)
     grid = F.affine_grid(theta, (n, 3, 150, 150), align_corners=False)
@@ -70,21 +92,27 @@ def attack(model, x0, steps, th=0.017, lr=15.0, eps=15.0):
     v.requires_grad_(True)
     opt = torch.optim.Adadelta([v], lr=lr, rho=0.95, eps=1e-7)
     weight = torch.ones(n, device=x0.device)
+    clock.reset()
     for _ in range(steps):
         x = (torch.tanh(w0 + v) + 1) * 127.5
         c = crop(x)
+        clock.lap("crop")
         f = F.normalize(model(c), dim=1)
+        clock.lap("forward")
         feature = ((f - f0) ** 2).sum(1) / f0.norm(dim=1)
         d = (1 - ssim(c, c0, window)) / 2
         loss = (-(weight * feature) + 1e6 * (d - th).clamp(min=0) ** 2).sum()
+        clock.lap("objective")
         opt.zero_grad()
         loss.backward()
+        clock.lap("backward")
         opt.step()
         with torch.no_grad():
             x = (torch.tanh(w0 + v) + 1) * 127.5
             x = (x0 + (x - x0).clamp(-eps, eps)).clamp(0, 255)
             v.copy_(torch.atanh((x / 127.5 - 1).clamp(-1 + 1e-6, 1 - 1e-6)) - w0)
             weight = torch.where(d <= 0.9 * th, (weight * 2).clamp(max=256), torch.where(d >= 1.1 * th, (weight / 2).clamp(min=1 / 256), torch.ones_like(weight)))
+        clock.lap("update")
     return x
 
 
@@ -98,6 +126,7 @@ def main():
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -112,13 +141,17 @@ def main():
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     attack(model, x.repeat(1, 1, 1, 1), 2)  # warm-up
     sync()
+    clock = Clock(a.profile, sync)
     start, done = time.perf_counter(), 0
     while done < a.pictures:
         b = min(a.batch, a.pictures - done)
-        attack(model, x.repeat(b, 1, 1, 1), a.steps)
+        attack(model, x.repeat(b, 1, 1, 1), a.steps, clock=clock)
         done += b
     sync()
-    print(json.dumps({"seconds": time.perf_counter() - start, "pictures": a.pictures, "steps": a.steps, "batch": a.batch}))
+    out = {"seconds": time.perf_counter() - start, "pictures": a.pictures, "steps": a.steps, "batch": a.batch}
+    if a.profile:
+        out["phases"] = clock.phases
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

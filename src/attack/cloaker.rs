@@ -6,7 +6,7 @@
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};
 
-use super::engine::{self, Cloaked, Goal, Member, Target};
+use super::engine::{self, Cloaked, Convergence, Goal, Member, Target};
 use super::methods::{self, Method};
 use super::ssim::dssim;
 use crate::face::align::{Alignment, FaceGeometry};
@@ -20,6 +20,8 @@ pub struct Cloaker {
     pub seed: i64,
     /// Overrides the method's step count.
     steps: Option<usize>,
+    /// Stop each picture at convergence instead of running the whole schedule.
+    stop: Option<Convergence>,
     /// Bound on the pixels optimised at once (see the engine).
     max_batch_pixels: i64,
     ensemble: Vec<(Box<dyn FaceModel>, Alignment)>,
@@ -58,7 +60,17 @@ impl Cloaker {
         }
         let lpips = if config.budget.perceptual.is_some() { LpipsAlex::installed(device)? } else { None };
         let max_batch_pixels = engine::DEFAULT_MAX_BATCH_PIXELS;
-        Ok(Cloaker { method, mode: mode.to_owned(), seed, steps: None, max_batch_pixels, ensemble: load_with_alignment(ensemble, device)?, lpips, device })
+        Ok(Cloaker {
+            method,
+            mode: mode.to_owned(),
+            seed,
+            steps: None,
+            stop: None,
+            max_batch_pixels,
+            ensemble: load_with_alignment(ensemble, device)?,
+            lpips,
+            device,
+        })
     }
 
     /// How this run departs from the anchor tool (the `notes` column).
@@ -69,6 +81,12 @@ impl Cloaker {
     /// Runs `steps` optimisation steps instead of the method's own number.
     pub fn with_steps(mut self, steps: usize) -> Cloaker {
         self.steps = Some(steps);
+        self
+    }
+
+    /// Stops each picture once it has converged (the schedule's steps stay the most it gets).
+    pub fn with_stop(mut self, stop: Option<Convergence>) -> Cloaker {
+        self.stop = stop;
         self
     }
 
@@ -109,6 +127,7 @@ impl Cloaker {
     pub fn cloak(&self, targets: &[Target], user: Option<&[Tensor]>, target_identity: Option<&[Tensor]>) -> Result<Vec<Cloaked>> {
         let mut config = methods::config(self.method, &self.mode, self.seed)?;
         config.steps = self.steps();
+        config.stop = self.stop;
         config.max_batch_pixels = self.max_batch_pixels;
         let faceless = targets.iter().all(|t| t.faces.is_empty());
         config.objective.goal = match self.method {

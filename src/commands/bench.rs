@@ -312,18 +312,22 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
         tch::Device::Cuda(n) => format!("cuda:{n}"),
         _ => "cpu".into(),
     };
-    let mut reference = Vec::new();
-    for &batch in batch_sizes {
+    let run_reference = |batch: usize, profile: bool| -> Result<serde_json::Value> {
         let out = std::process::Command::new(&python)
             .args(["scripts/reference/fawkes_attack.py", "--weights", &weights.display().to_string(), "--picture", &png.display().to_string()])
             .args(["--size", &h.to_string(), &w.to_string(), "--pictures", &pictures.to_string(), "--batch", &batch.to_string(), "--steps", &steps.to_string()])
             .args(["--threads", &tch::get_num_threads().to_string(), "--device", &device_arg])
+            .args(profile.then_some("--profile"))
             .output()
             .context("running the PyTorch reference (make setup installs .venv)")?;
         if !out.status.success() {
             anyhow::bail!("the PyTorch reference failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let v: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii())?;
+        Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
+    };
+    let mut reference = Vec::new();
+    for &batch in batch_sizes {
+        let v = run_reference(batch, false)?;
         let per_step = v["seconds"].as_f64().unwrap_or(f64::NAN) / pictures as f64 / steps as f64;
         reference.push((batch, per_step));
         println!("{:<22} {batch:>6} {per_step:>14.4} {:>16.2} {:>12.3}", "pytorch fawkes (ref)", per_step * 150.0, 1.0 / (per_step * 150.0));
@@ -354,6 +358,53 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
         figures.push(figure("s_per_picture_step", *per_step, reference));
         figures.push(figure("s_per_picture", per_step * *schedule as f64, reference.map(|r| r * *schedule as f64)));
     }
+    // Where a step's time goes, ours and the reference's side by side (Fawkes high; separate
+    // runs, as the profile's clock waits for the device at every phase).
+    println!("\nFawkes high, one step by phase, s/picture-step (cloakbench / PyTorch):");
+    println!("{:<10} {}", "phase", batch_sizes.iter().map(|b| format!("{:>26}", format!("batch {b}"))).collect::<String>());
+    let mut rows: Vec<(&str, Vec<(f64, f64)>)> = engine::PHASES.iter().map(|&p| (p, Vec::new())).collect();
+    for &batch in batch_sizes {
+        let mut cfg = methods::config(methods::Method::Fawkes, "high", 0)?;
+        cfg.steps = steps;
+        let targets: Vec<engine::Target> = (0..batch).map(|_| engine::Target { pixels: pixels.shallow_clone(), faces: vec![face] }).collect();
+        let mut ours = engine::Profile::default();
+        let mut done = 0;
+        while done < pictures {
+            let n = batch.min(pictures - done);
+            let (_, p) = engine::run_profiled(&cfg, &ensemble, None, &targets[..n], device)?;
+            ours.picture_steps += p.picture_steps;
+            for (phase, seconds) in p.phases {
+                match ours.phases.iter_mut().find(|(name, _)| *name == phase) {
+                    Some(slot) => slot.1 += seconds,
+                    None => ours.phases.push((phase, seconds)),
+                }
+            }
+            done += n;
+        }
+        let theirs = run_reference(batch, true)?;
+        let picture_steps = (pictures * steps) as f64;
+        for (phase, cells) in &mut rows {
+            let mine = ours.phases.iter().find(|(name, _)| name == phase).map_or(0.0, |p| p.1) / ours.picture_steps.max(1) as f64;
+            let reference = theirs["phases"][*phase].as_f64().unwrap_or(0.0) / picture_steps;
+            cells.push((mine, reference));
+            figures.push(Figure {
+                bench: "cloak".into(),
+                device: device_name(device),
+                subject: format!("fawkes high: {phase}"),
+                batch_size: Some(batch as i64),
+                metric: "s_per_picture_step".into(),
+                value: mine,
+                unit: "s".into(),
+                reference: (*phase != "best").then_some(reference),
+            });
+        }
+    }
+    for (phase, cells) in &rows {
+        println!("{phase:<10} {}", cells.iter().map(|(a, b)| format!("{:>26}", format!("{a:.4} / {b:.4}"))).collect::<String>());
+    }
+    println!(
+        "(crop: pixels from the variable, then the model's crop; objective: feature term, DSSIM, loss; best: keeping the best iterate, which the script does not)"
+    );
     write_figures(out, "cloak", &figures)?;
     Ok(ExitCode::SUCCESS)
 }

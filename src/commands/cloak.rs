@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use tch::Tensor;
 
 use crate::attack::cloaker::{self, Cloaker, OutputFormat};
-use crate::attack::engine::Target;
+use crate::attack::engine::{Convergence, Target};
 use crate::attack::methods::Method;
 use crate::face::align::FaceGeometry;
 use crate::face::mtcnn::{Mtcnn, Settings};
@@ -36,6 +36,8 @@ pub struct Request {
     pub batch_size: usize,
     pub max_batch_pixels: i64,
     pub seed: i64,
+    /// Stop each picture at convergence ([`Convergence::DEFAULT`]) rather than after the schedule.
+    pub early_stop: bool,
     pub device: String,
     pub quiet: bool,
     /// Also write a before/after page of the pictures cloaked (`cloakbench-report/index.html`).
@@ -54,7 +56,9 @@ pub fn run(req: &Request) -> Result<ExitCode> {
     let device = crate::models::device(&req.device)?;
     let mode = req.mode.clone().unwrap_or_else(|| req.method.modes()[0].to_owned());
     let ensemble = req.ensemble.clone().unwrap_or_else(|| cloaker::default_ensemble(req.method, &mode));
-    let cloaker = Cloaker::new(req.method, &mode, &ensemble, device, req.seed)?.with_max_batch_pixels(req.max_batch_pixels);
+    let cloaker = Cloaker::new(req.method, &mode, &ensemble, device, req.seed)?
+        .with_max_batch_pixels(req.max_batch_pixels)
+        .with_stop(req.early_stop.then_some(Convergence::DEFAULT));
     let detector = Mtcnn::load(device)?;
     // Fawkes' detection settings: confident faces of at least 30 pixels.
     let settings = Settings { min_face_size: 30.0, ..Settings::default() };
@@ -91,7 +95,14 @@ pub fn run(req: &Request) -> Result<ExitCode> {
                 cloaked_files.push((path.clone(), out.clone(), dssim));
                 info(
                     req.quiet,
-                    &format!("cloak: {} -> {} ({} faces, DSSIM {dssim:.4}, PSNR {:.1} dB)", path.display(), out.display(), target.faces.len(), q.psnr),
+                    &format!(
+                        "cloak: {} -> {} ({} faces, DSSIM {dssim:.4}, PSNR {:.1} dB, {} steps)",
+                        path.display(),
+                        out.display(),
+                        target.faces.len(),
+                        q.psnr,
+                        c.steps
+                    ),
                 );
             }
         }

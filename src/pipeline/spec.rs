@@ -367,7 +367,8 @@ fn own_cells(stage: &str, fan_out: Option<&toml::Value>) -> Failed<OwnCells> {
             }
             cell.insert(
                 axis,
-                label(value).ok_or_else(|| PlanError(format!("stage {stage}: fan_out.{key}: values must be text, numbers, booleans or lists of them")))?,
+                label(value)
+                    .ok_or_else(|| PlanError(format!("stage {stage}: fan_out.{key}: values must be text, numbers, booleans, or lists or tables of them")))?,
             );
         }
         cells.push((cell, entry));
@@ -389,6 +390,8 @@ fn label(value: &toml::Value) -> Option<String> {
         toml::Value::Float(f) => f.to_string(),
         toml::Value::Boolean(b) => b.to_string(),
         toml::Value::Array(items) => items.iter().map(label).collect::<Option<Vec<_>>>()?.join("+"),
+        // An inline table (`{ window = 10, tolerance = 0.01 }`): its keys and values, in key order.
+        toml::Value::Table(t) => t.iter().map(|(k, v)| Some(format!("{k}={}", label(v)?))).collect::<Option<Vec<_>>>()?.join("+"),
         _ => return None,
     };
     Some(text.chars().map(|c| if c.is_ascii_alphanumeric() || "_.+=".contains(c) { c } else { '_' }).collect())
@@ -688,6 +691,16 @@ mod tests {
 
     fn names(spec: &Spec) -> Vec<&str> {
         spec.stages.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn fan_out_values_label_their_cells() {
+        let value = |text: &str| text.parse::<toml::Table>().unwrap().remove("v").unwrap();
+        assert_eq!(label(&value("v = 'high'")).as_deref(), Some("high"));
+        assert_eq!(label(&value("v = ['a/b', 'c']")).as_deref(), Some("a_b+c"));
+        // An inline table: its keys and values in the order written (a cell of `early_stop`).
+        assert_eq!(label(&value("v = { window = 5, tolerance = 0.02 }")).as_deref(), Some("window=5+tolerance=0.02"));
+        assert_eq!(label(&value("v = 1979-05-27")), None, "dates label no cell");
     }
 
     #[test]

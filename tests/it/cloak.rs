@@ -125,6 +125,39 @@ fn a_face_in_a_large_photo_is_cloaked_on_its_region_alone() {
     assert!((out_large[0].dssim - out_small[0].dssim).abs() < 1e-12 && out_large[0].dssim > 0.0);
 }
 
+/// Stopping at convergence: a check that never fires leaves the fixed schedule's cloak bit for
+/// bit; one that fires stops pictures early, each still within its budget, keeping most of the
+/// schedule's feature term, and a stopped picture no longer changes while its batch goes on.
+#[test]
+fn stopping_at_convergence_saves_steps_and_keeps_the_budget() {
+    let targets = targets();
+    let model = dlib();
+    let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
+    let fixed = engine::run(&fawkes("high", 40, 0), &ensemble, None, &targets, Device::Cpu).unwrap();
+    // Tolerance 0: the kept iterate never loses feature term, so nothing stops.
+    let mut never = fawkes("high", 40, 0);
+    never.stop = Some(engine::Convergence { window: 5, tolerance: 0.0 });
+    let unchanged = engine::run(&never, &ensemble, None, &targets, Device::Cpu).unwrap();
+    let mut early = fawkes("high", 40, 0);
+    early.stop = Some(engine::Convergence { window: 5, tolerance: 0.05 });
+    let stopped = engine::run(&early, &ensemble, None, &targets, Device::Cpu).unwrap();
+    for (i, ((f, u), s)) in fixed.iter().zip(&unchanged).zip(&stopped).enumerate() {
+        assert!(f.pixels.equal(&u.pixels) && f.steps == 40 && u.steps == 40, "picture {i}: a check that never fires changed the cloak");
+        eprintln!("picture {i}: stopped after {} of 40 steps, feature term {:.3} vs {:.3}, DSSIM {:.4}", s.steps, s.feature_term, f.feature_term, s.dssim);
+        assert!(s.steps <= 40 && s.steps % 5 == 0, "picture {i}: {} steps (checks come every 5)", s.steps);
+        assert!(s.within_budget && s.dssim <= 1.1 * 0.017, "picture {i}: stopped outside its budget (DSSIM {})", s.dssim);
+        assert!(s.feature_term >= 0.9 * f.feature_term, "picture {i}: {} kept of {}", s.feature_term, f.feature_term);
+    }
+    // Measured: picture 0 stops after 20 steps (0.635 of 0.677 kept), picture 1 runs all 40.
+    assert!(stopped.iter().any(|s| s.steps < 40), "no picture stopped early");
+    // The picture that stopped first has the cloak the same batch gives it on a schedule of
+    // that many steps: once stopped, the batch's further steps leave it alone.
+    let first = (0..stopped.len()).min_by_key(|&i| stopped[i].steps).unwrap();
+    let shorter = engine::run(&fawkes("high", stopped[first].steps, 0), &ensemble, None, &targets, Device::Cpu).unwrap();
+    let gap = (&shorter[first].pixels - &stopped[first].pixels).abs().max().double_value(&[]);
+    assert!(gap < 1e-3, "picture {first} changed after it stopped (by up to {gap} grey levels)");
+}
+
 /// An empty batch, or one whose pictures have no face, comes back as it went in.
 #[test]
 fn an_empty_or_faceless_batch_comes_back_unchanged() {
