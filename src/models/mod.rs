@@ -149,7 +149,25 @@ pub fn load(id: &str, device: Device) -> Result<Box<dyn FaceModel>> {
     }
     let (model, mut vs) = build(card, &path, device)?;
     vs.freeze();
+    if device == Device::Cpu {
+        channels_last(&vs);
+    }
     Ok(model)
+}
+
+/// Stores every convolution kernel channels-last (NHWC in memory, same shape), so that
+/// libtorch's CPU convolutions take oneDNN's channels-last kernels and keep activations that
+/// way. Measured on 2 cores, raw forward at batch 32: MobileFaceNet-family models 1.4-1.6x
+/// (faceplugin 54 -> 89 images/s), HSE's MobileNet 2.2x, dlib's ResNet 1.2x; the depthwise 3x3
+/// convolutions were the cause (10 GFLOP/s in NCHW against 100 for a 1x1 of the same size).
+fn channels_last(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            if v.dim() == 4 {
+                v.set_data(&v.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]));
+            }
+        }
+    });
 }
 
 /// Loads model `id`, every parameter trainable: the network and the store that holds its
