@@ -208,11 +208,37 @@ pub fn run_profiled(
 }
 
 /// Seconds per phase of the attack step, in the step's order, and the steps they cover.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub phases: Vec<(&'static str, f64)>,
     /// Picture-steps timed (pictures x steps, summed over batches).
     pub picture_steps: usize,
+}
+
+impl Profile {
+    /// No time yet in any of the step's phases.
+    pub fn new() -> Profile {
+        Profile { phases: PHASES.iter().map(|&p| (p, 0.0)).collect(), picture_steps: 0 }
+    }
+
+    /// Seconds charged to `phase`.
+    pub fn seconds(&self, phase: &str) -> f64 {
+        self.phases.iter().find(|(name, _)| *name == phase).map_or(0.0, |p| p.1)
+    }
+
+    /// Adds `other`'s time and picture-steps to this profile's.
+    pub fn add(&mut self, other: &Profile) {
+        for (name, seconds) in &mut self.phases {
+            *seconds += other.seconds(name);
+        }
+        self.picture_steps += other.picture_steps;
+    }
+}
+
+impl Default for Profile {
+    fn default() -> Profile {
+        Profile::new()
+    }
 }
 
 /// The phases of one step, as [`Profile`] names them.
@@ -231,8 +257,7 @@ impl Clock {
     }
 
     fn on(device: Device) -> Clock {
-        let phases = PHASES.iter().map(|&p| (p, 0.0)).collect();
-        Clock { device, last: std::time::Instant::now(), profile: Some(Profile { phases, picture_steps: 0 }) }
+        Clock { device, last: std::time::Instant::now(), profile: Some(Profile::new()) }
     }
 
     /// Starts timing from now (what came before belongs to no phase).

@@ -367,24 +367,17 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
         let mut cfg = methods::config(methods::Method::Fawkes, "high", 0)?;
         cfg.steps = steps;
         let targets: Vec<engine::Target> = (0..batch).map(|_| engine::Target { pixels: pixels.shallow_clone(), faces: vec![face] }).collect();
-        let mut ours = engine::Profile::default();
+        let mut ours = engine::Profile::new();
         let mut done = 0;
         while done < pictures {
             let n = batch.min(pictures - done);
-            let (_, p) = engine::run_profiled(&cfg, &ensemble, None, &targets[..n], device)?;
-            ours.picture_steps += p.picture_steps;
-            for (phase, seconds) in p.phases {
-                match ours.phases.iter_mut().find(|(name, _)| *name == phase) {
-                    Some(slot) => slot.1 += seconds,
-                    None => ours.phases.push((phase, seconds)),
-                }
-            }
+            ours.add(&engine::run_profiled(&cfg, &ensemble, None, &targets[..n], device)?.1);
             done += n;
         }
         let theirs = run_reference(batch, true)?;
         let picture_steps = (pictures * steps) as f64;
         for (phase, cells) in &mut rows {
-            let mine = ours.phases.iter().find(|(name, _)| name == phase).map_or(0.0, |p| p.1) / ours.picture_steps.max(1) as f64;
+            let mine = ours.seconds(phase) / ours.picture_steps.max(1) as f64;
             let reference = theirs["phases"][*phase].as_f64().unwrap_or(0.0) / picture_steps;
             cells.push((mine, reference));
             figures.push(Figure {
