@@ -35,10 +35,11 @@ test: build lint
 	cargo test --release --locked -- --test-threads=1
 
 ## The CPU benchmarks (minutes, not tests): ingest and embed against the raw model, decoding on
-## one thread and on all, every cloak method against plain PyTorch. Figures on stdout and in runs/bench/<bench>/bench.parquet.
+## one thread and on all, MTCNN against facenet-pytorch, every cloak method against plain PyTorch. Figures on stdout and in runs/bench/<bench>/bench.parquet.
 bench: build
 	$(BIN) bench baseline $(ARGS)
 	$(BIN) bench decode
+	$(BIN) bench detect
 	$(BIN) bench cloak $(CLOAK_ARGS)
 
 ## A sharded run as a Slurm array (100 shards of lfw158, 5% crashing once) against one process:

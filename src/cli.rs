@@ -205,6 +205,18 @@ enum BenchCommand {
         #[arg(long, default_value = "../shared/datasets/facescrub12")]
         dataset: String,
     },
+    /// MTCNN detection pictures/s on a dataset's pictures (decoded first), beside
+    /// facenet-pytorch's MTCNN on the same files (scripts/reference/mtcnn_detect.py).
+    Detect {
+        /// A local dataset folder.
+        #[arg(long, default_value = "../shared/datasets/facescrub12")]
+        dataset: String,
+        /// Pictures measured, drawn evenly over the dataset's sorted files.
+        #[arg(long, default_value_t = 200)]
+        pictures: usize,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
     /// Seconds per picture of each cloak method at several batch sizes, beside the same Fawkes
     /// attack in plain PyTorch on the same weights (scripts/reference/fawkes_attack.py).
     Cloak {
@@ -334,6 +346,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             crate::commands::bench::baseline(&dataset, &model, &batch_sizes, &device, &out)
         }
         Command::Bench { command: BenchCommand::Decode { dataset }, out } => crate::commands::bench::decode(&dataset, &out),
+        Command::Bench { command: BenchCommand::Detect { dataset, pictures, device }, out } => {
+            crate::commands::bench::detect(&dataset, pictures, &device, &out)
+        }
         Command::Bench { command: BenchCommand::Zoo { run_root, force }, out } => crate::commands::bench::zoo(&run_root, force, &out),
         Command::Bench { command: BenchCommand::Cloak { size, pictures, steps, batch_sizes, device }, out } => {
             crate::commands::bench::cloak([size[0], size[1]], pictures, steps, &batch_sizes, &device, &out)

@@ -305,25 +305,12 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
     }
     // The plain PyTorch reference, same picture, size, steps and threads.
     let weights = crate::models::weights_path(&crate::models::card("dlib_resnet29_150")?)?;
-    // The reference runs in the project's venv; CLOAKBENCH_PYTHON names another interpreter with
-    // torch, safetensors and numpy (a GPU machine's own PyTorch, say).
-    let python = std::env::var("CLOAKBENCH_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
-    let device_arg = match device {
-        tch::Device::Cuda(n) => format!("cuda:{n}"),
-        _ => "cpu".into(),
-    };
     let run_reference = |batch: usize, profile: bool| -> Result<serde_json::Value> {
-        let out = std::process::Command::new(&python)
-            .args(["scripts/reference/fawkes_attack.py", "--weights", &weights.display().to_string(), "--picture", &png.display().to_string()])
-            .args(["--size", &h.to_string(), &w.to_string(), "--pictures", &pictures.to_string(), "--batch", &batch.to_string(), "--steps", &steps.to_string()])
-            .args(["--threads", &tch::get_num_threads().to_string(), "--device", &device_arg])
-            .args(profile.then_some("--profile"))
-            .output()
-            .context("running the PyTorch reference (make setup installs .venv)")?;
-        if !out.status.success() {
-            anyhow::bail!("the PyTorch reference failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
+        let mut args = vec!["--weights".to_owned(), weights.display().to_string(), "--picture".into(), png.display().to_string()];
+        args.extend(["--size".into(), h.to_string(), w.to_string(), "--pictures".into(), pictures.to_string()]);
+        args.extend(["--batch".into(), batch.to_string(), "--steps".into(), steps.to_string()]);
+        args.extend(profile.then(|| "--profile".to_owned()));
+        run_reference_script("scripts/reference/fawkes_attack.py", &args, device)
     };
     let mut reference = Vec::new();
     for &batch in batch_sizes {
@@ -399,5 +386,87 @@ pub fn cloak(size: [u32; 2], pictures: usize, steps: usize, batch_sizes: &[usize
         "(crop: pixels from the variable, then the model's crop; objective: feature term, DSSIM, loss; best: keeping the best iterate, which the script does not)"
     );
     write_figures(out, "cloak", &figures)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one of `scripts/reference/*.py` with `args`, this process's thread count and `device`,
+/// and parses the JSON line it prints. The scripts run in the project's venv;
+/// CLOAKBENCH_PYTHON names another interpreter with torch, safetensors and numpy (a GPU
+/// machine's own PyTorch, say).
+fn run_reference_script(script: &str, args: &[String], device: tch::Device) -> Result<serde_json::Value> {
+    let python = std::env::var("CLOAKBENCH_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
+    let device_arg = match device {
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".into(),
+    };
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .args(["--threads", &tch::get_num_threads().to_string(), "--device", &device_arg])
+        .args(args)
+        .output()
+        .with_context(|| format!("running the PyTorch reference {script} (make setup installs .venv)"))?;
+    if !out.status.success() {
+        anyhow::bail!("the PyTorch reference {script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
+}
+
+/// Pictures/s of MTCNN detection on the first `pictures` files of `dataset` (decoded first, so
+/// only detection is timed), beside facenet-pytorch's MTCNN, the detector's original runtime,
+/// on the same files, weights, settings and threads (scripts/reference/mtcnn_detect.py).
+pub fn detect(dataset: &str, pictures: usize, device: &str, out: &str) -> Result<ExitCode> {
+    use crate::face::mtcnn::{Mtcnn, Settings};
+    anyhow::ensure!(!crate::io::Location::is_s3_url(dataset), "{dataset}: bench detect reads a local folder (the reference script opens the files)");
+    let data = crate::io::Location::open(dataset)?;
+    let limits = crate::io::image::DecodeLimits::default();
+    let entries = data.files()?;
+    // Every k-th file, so that the pictures come from every identity, not the first one's.
+    let stride = (entries.len() / pictures.max(1)).max(1);
+    let (mut files, mut decoded) = (Vec::new(), Vec::new());
+    for entry in entries.iter().step_by(stride) {
+        // Not a picture (a README, a manifest): not measured.
+        let Ok(picture) = crate::io::image::decode(&data.get(&entry.key)?, &limits) else { continue };
+        files.push(std::path::Path::new(dataset).join(&entry.key).display().to_string());
+        decoded.push(picture.rgb);
+        if decoded.len() == pictures {
+            break;
+        }
+    }
+    anyhow::ensure!(!decoded.is_empty(), "{dataset}: no decodable pictures");
+    let dev = crate::models::device(device)?;
+    let settings = Settings::default();
+    // One detector on every intra-op thread, picture after picture (how the stage ran before
+    // it searched pictures side by side), then the stage's way.
+    let detector = Mtcnn::load(dev)?;
+    detector.detect(&decoded[0], &settings)?; // warm-up
+    let t = Instant::now();
+    let one_at_a_time: Vec<usize> = decoded.iter().map(|rgb| Ok(detector.detect(rgb, &settings)?.len())).collect::<Result<_>>()?;
+    let one_at_a_time_rate = decoded.len() as f64 / t.elapsed().as_secs_f64();
+    let mut detectors = crate::face::mtcnn::Detectors::load(dev)?;
+    let t = Instant::now();
+    let side_by_side: Vec<usize> = detectors.map(&decoded, |d, rgb| Ok(d.detect(rgb, &settings)?.len())).into_iter().collect::<Result<_>>()?;
+    let rate = decoded.len() as f64 / t.elapsed().as_secs_f64();
+    anyhow::ensure!(one_at_a_time == side_by_side, "the detectors side by side found other faces than one detector alone");
+    let faces: usize = side_by_side.iter().sum();
+    let reference = run_reference_script("scripts/reference/mtcnn_detect.py", &files, dev)?;
+    let ref_rate = reference["pictures"].as_f64().unwrap_or(f64::NAN) / reference["seconds"].as_f64().unwrap_or(f64::NAN);
+    let ref_faces = reference["faces"].as_u64().unwrap_or(0);
+    println!("cloakbench bench detect: {} pictures of {dataset}, device {dev:?}, {} threads", decoded.len(), tch::get_num_threads());
+    println!("  cloakbench, side by side     {rate:>8.1} pictures/s  ({faces} faces)");
+    println!("  cloakbench, one at a time    {one_at_a_time_rate:>8.1} pictures/s");
+    println!("  facenet-pytorch (reference)  {ref_rate:>8.1} pictures/s  ({ref_faces} faces; it decodes with Pillow)");
+    println!("  cloakbench / facenet-pytorch: {:.2} side by side, {:.2} one at a time (above 1 = faster)", rate / ref_rate, one_at_a_time_rate / ref_rate);
+    let figure = |subject: &str, value: f64| Figure {
+        bench: "detect".into(),
+        device: device_name(dev),
+        subject: subject.into(),
+        batch_size: None,
+        metric: "images_per_s".into(),
+        value,
+        unit: "images/s".into(),
+        reference: Some(ref_rate),
+    };
+    let figures = [figure("mtcnn", rate), figure("mtcnn, one picture at a time", one_at_a_time_rate)];
+    write_figures(out, "detect", &figures)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -136,6 +136,55 @@ fn onet(p: nn::Path) -> impl Fn(&Tensor) -> (Tensor, Tensor, Tensor) + Send + us
     }
 }
 
+/// Detectors that search several pictures side by side on the CPU: one worker thread per
+/// intra-op thread the process has, each with its own detector and a single intra-op thread.
+/// MTCNN's networks are small (10-128 channels, batches of a few hundred 24x24 crops), so one
+/// picture cannot keep two cores busy; two pictures at once can. On CUDA there is one worker.
+pub struct Detectors {
+    workers: Vec<Mtcnn>,
+}
+
+impl Detectors {
+    pub fn load(device: Device) -> Result<Detectors> {
+        let workers = if device == Device::Cpu { tch::get_num_threads().max(1) as usize } else { 1 };
+        Ok(Detectors { workers: (0..workers).map(|_| Mtcnn::load(device)).collect::<Result<_>>()? })
+    }
+
+    /// `work(detector, item)` for every item, in the items' order; the workers take the next
+    /// item as they finish one, since pictures differ in size by 100x in area.
+    pub fn map<T: Sync, R: Send>(&mut self, items: &[T], work: impl Fn(&Mtcnn, &T) -> R + Sync) -> Vec<R> {
+        if self.workers.len() == 1 || items.len() <= 1 {
+            return items.iter().map(|item| work(&self.workers[0], item)).collect();
+        }
+        let intra_op_threads = tch::get_num_threads();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .workers
+                .iter_mut()
+                .map(|detector| {
+                    let (next, work) = (&next, &work);
+                    scope.spawn(move || {
+                        // This thread's own libtorch thread count (OpenMP's is per thread).
+                        tch::set_num_threads(1);
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(item) = items.get(i) else { return done };
+                            done.push((i, work(detector, item)));
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        });
+        // libtorch also keeps the last count set as the default of threads started later.
+        tch::set_num_threads(intra_op_threads);
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
 /// A candidate box: x1, y1, x2, y2, score, and four regression offsets.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
@@ -161,6 +210,9 @@ impl Mtcnn {
         let (p, r, o) = (pnet(&root / "pnet"), rnet(&root / "rnet"), onet(&root / "onet"));
         vs.load(&path).with_context(|| format!("{}: cannot load MTCNN weights", path.display()))?;
         vs.freeze();
+        if device == Device::Cpu {
+            crate::models::channels_last(&vs);
+        }
         Ok(Mtcnn { pnet: Box::new(p), rnet: Box::new(r), onet: Box::new(o), device, _vs: vs })
     }
 
@@ -189,7 +241,8 @@ impl Mtcnn {
 
     fn detect_inner(&self, rgb: &RgbImage, s: &Settings) -> Vec<Face> {
         let (h, w) = (rgb.height() as i64, rgb.width() as i64);
-        let img = Tensor::from_slice(&to_chw_f32(rgb)).view([1, 3, h, w]).to_device(self.device);
+        let chw = to_chw_f32(rgb);
+        let img = Tensor::from_slice(&chw).view([1, 3, h, w]).to_device(self.device);
         let normalise = |t: Tensor| (t - 127.5) * 0.0078125;
 
         // Stage 1: P-Net over the pyramid.
@@ -213,7 +266,7 @@ impl Mtcnn {
         }
 
         // Stage 2: R-Net on 24x24 crops.
-        let (boxes, crops) = self.crops(&img, &boxes, 24, w, h);
+        let (boxes, crops) = self.crops(&chw, &boxes, 24, w, h);
         let (reg, prob) = (self.rnet)(&normalise(crops));
         let (reg, prob) = (rows(&reg), rows(&prob));
         let passed: Vec<Candidate> = boxes
@@ -229,7 +282,7 @@ impl Mtcnn {
         }
 
         // Stage 3: O-Net on 48x48 crops, with landmarks.
-        let (boxes, crops) = self.crops(&img, &boxes, 48, w, h);
+        let (boxes, crops) = self.crops(&chw, &boxes, 48, w, h);
         let (reg, points, prob) = (self.onet)(&normalise(crops));
         let (reg, points, prob) = (rows(&reg), rows(&points), rows(&prob));
         let mut faces: Vec<(Candidate, [[f32; 2]; 5])> = Vec::new();
@@ -250,22 +303,57 @@ impl Mtcnn {
         out
     }
 
-    /// Crops each box (1-based, truncated and clipped, as `pad`) and resizes it to `size`.
-    /// Boxes whose crop would be empty are dropped, as facenet-pytorch's loop skips them.
-    fn crops(&self, img: &Tensor, boxes: &[Candidate], size: i64, w: i64, h: i64) -> (Vec<Candidate>, Tensor) {
+    /// Crops each box (1-based, truncated and clipped, as `pad`) of the CHW picture `chw` and
+    /// resizes it to `size`. Boxes whose crop would be empty are dropped, as facenet-pytorch's
+    /// loop skips them. Plain Rust, not a libtorch call per box: a large picture has hundreds
+    /// of candidate boxes, and four small tensor operations each cost more than the pixels.
+    fn crops(&self, chw: &[f32], boxes: &[Candidate], size: i64, w: i64, h: i64) -> (Vec<Candidate>, Tensor) {
+        let size = size as usize;
         let mut kept = Vec::new();
         let mut out = Vec::new();
         for c in boxes {
             let [x, y, ex, ey] = c.b.map(|v| v.trunc() as i64);
             let (x, y, ex, ey) = (x.max(1), y.max(1), ex.min(w), ey.min(h));
             if ey > y - 1 && ex > x - 1 {
-                let crop = img.narrow(2, y - 1, ey - y + 1).narrow(3, x - 1, ex - x + 1);
-                out.push(crop.adaptive_avg_pool2d([size, size]));
+                let window = Window { x: (x - 1) as usize, y: (y - 1) as usize, w: (ex - x + 1) as usize, h: (ey - y + 1) as usize };
+                area_resize(chw, [h as usize, w as usize], window, size, &mut out);
                 kept.push(*c);
             }
         }
-        let batch = if out.is_empty() { Tensor::zeros([0, 3, size, size], (Kind::Float, self.device)) } else { Tensor::cat(&out, 0) };
+        let batch = Tensor::from_slice(&out).view([kept.len() as i64, 3, size as i64, size as i64]).to_device(self.device);
         (kept, batch)
+    }
+}
+
+/// A rectangle of a picture, in pixels.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+}
+
+/// Appends `window` of the CHW picture `chw` (`[height, width]`), resized to `size` x `size`,
+/// to `out`: libtorch's `adaptive_avg_pool2d` (interpolate's "area" mode) to the bit: output
+/// cell `i` averages input rows `floor(i n / size)` to `ceil((i + 1) n / size)`, summed in
+/// float32 row by row and divided by the rows, then the columns, as its CPU kernel does.
+fn area_resize(chw: &[f32], [height, width]: [usize; 2], window: Window, size: usize, out: &mut Vec<f32>) {
+    let bins = |n: usize| -> Vec<(usize, usize)> { (0..size).map(|i| (i * n / size, ((i + 1) * n).div_ceil(size))).collect() };
+    let (rows, cols) = (bins(window.h), bins(window.w));
+    for channel in chw.chunks_exact(height * width).take(3) {
+        for &(r0, r1) in &rows {
+            for &(c0, c1) in &cols {
+                let mut sum = 0f32;
+                for r in r0..r1 {
+                    let row = &channel[(window.y + r) * width + window.x..][..window.w];
+                    for v in &row[c0..c1] {
+                        sum += v;
+                    }
+                }
+                out.push(sum / (r1 - r0) as f32 / (c1 - c0) as f32);
+            }
+        }
     }
 }
 
@@ -397,6 +485,24 @@ mod tests {
         let nested = [cand([0., 0., 100., 100.], 0.9), cand([10., 10., 20., 20.], 0.8)];
         assert_eq!(nms_indices(&nested, 0.7, Overlap::Union).len(), 2);
         assert_eq!(nms_indices(&nested, 0.7, Overlap::Min), vec![0]);
+    }
+
+    #[test]
+    fn area_resize_is_libtorchs_adaptive_average_pool_to_the_bit() {
+        let (h, w) = (37, 53);
+        let picture = Tensor::rand([1, 3, h, w], (Kind::Float, Device::Cpu)) * 255.0;
+        let chw: Vec<f32> = Vec::try_from(picture.flatten(0, -1)).unwrap();
+        // Shrinking, enlarging, a sliver and a single pixel, at the picture's edges too.
+        let windows = [(0, 0, 53, 37), (3, 5, 17, 29), (40, 20, 13, 17), (10, 5, 1, 30), (52, 36, 1, 1)];
+        for (x, y, ww, wh) in windows {
+            for size in [24, 48] {
+                let mut ours = Vec::new();
+                area_resize(&chw, [h as usize, w as usize], Window { x, y, w: ww, h: wh }, size, &mut ours);
+                let crop = picture.narrow(2, y as i64, wh as i64).narrow(3, x as i64, ww as i64);
+                let want: Vec<f32> = Vec::try_from(crop.adaptive_avg_pool2d([size as i64, size as i64]).flatten(0, -1)).unwrap();
+                assert!(ours == want, "window {x},{y} {ww}x{wh} at {size}: not libtorch's values");
+            }
+        }
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub fn load(id: &str, device: Device) -> Result<Box<dyn FaceModel>> {
 /// way. Measured on 2 cores, raw forward at batch 32: MobileFaceNet-family models 1.4-1.6x
 /// (faceplugin 54 -> 89 images/s), HSE's MobileNet 2.2x, dlib's ResNet 1.2x; the depthwise 3x3
 /// convolutions were the cause (10 GFLOP/s in NCHW against 100 for a 1x1 of the same size).
-fn channels_last(vs: &nn::VarStore) {
+pub(crate) fn channels_last(vs: &nn::VarStore) {
     tch::no_grad(|| {
         for (_, mut v) in vs.variables() {
             if v.dim() == 4 {

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::face::mtcnn::{self, Mtcnn};
+use crate::face::mtcnn::{self, Detectors, Mtcnn};
 use crate::io::image::DecodeLimits;
 use crate::io::pictures::PictureLoader;
 use crate::models::DeviceChoice;
@@ -78,7 +78,8 @@ fn default_part_size() -> usize {
     512
 }
 
-/// Pictures decoded at once inside a chunk (bounds the pixels held in memory).
+/// Pictures decoded at once inside a chunk (bounds the pixels held in memory), then searched
+/// side by side by the detectors.
 const DECODE_BATCH: usize = 32;
 
 impl Detect {
@@ -102,7 +103,7 @@ impl StageConfig for Detect {
     }
 
     fn run(&self, ctx: &mut Context) -> Result<()> {
-        let detector = Mtcnn::load(self.device.resolve()?)?;
+        let mut detectors = Detectors::load(self.device.resolve()?)?;
         let settings = self.settings();
         let image_rows = images::read(&ctx.read("images")?)?;
         let pictures: Vec<Picture> = images::ok_pictures(&ctx.read("images")?)?.into_iter().filter(|p| ctx.owns(&p.image_id)).collect();
@@ -131,15 +132,18 @@ impl StageConfig for Detect {
             }
             let to_search: Vec<Picture> = to_search.into_iter().cloned().collect();
             for batch in to_search.chunks(DECODE_BATCH) {
-                for (picture, decoded) in batch.iter().zip(loader.decode(batch)) {
+                let decoded = loader.decode(batch);
+                let searched = detectors
+                    .map(&decoded, |detector, decoded| decoded.as_ref().map(|rgb| detector.detect_within(rgb, &settings, self.max_side)).map_err(Clone::clone));
+                for (picture, searched) in batch.iter().zip(searched) {
                     let id = picture.image_id.clone();
-                    let found = match decoded {
+                    let found = match searched {
                         Err(reason) => {
                             tally.failed.add(reason.clone());
                             rows.push(FaceRow { image_id: id, found: Found::Error(reason) });
                             continue;
                         }
-                        Ok(rgb) => detector.detect_within(&rgb, &settings, self.max_side)?,
+                        Ok(found) => found?,
                     };
                     if found.is_empty() {
                         tally.skipped.add(format!("{}: no face found", picture.uri));

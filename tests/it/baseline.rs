@@ -113,6 +113,9 @@ fn benchmarks_write_their_figures_as_a_table() {
     cloakbench(&["bench", "decode", "--dataset", dataset.to_str().unwrap(), "--out", o], &[]);
     let decode = python_check("check_tables.py", &[out.join("decode").to_str().unwrap()], &[]);
     assert!(decode.contains("images_per_s"), "{decode}");
+    cloakbench(&["bench", "detect", "--dataset", dataset.to_str().unwrap(), "--pictures", "6", "--out", o], &[]);
+    let detect = python_check("check_tables.py", &[out.join("detect").to_str().unwrap()], &[]);
+    assert!(detect.contains("\"bench\": 2") && detect.contains("images_per_s"), "side by side and one at a time, beside facenet-pytorch: {detect}");
     let cloak = python_check("check_tables.py", &[out.join("cloak").to_str().unwrap()], &[]);
     assert!(cloak.contains("\"bench\": 14") && cloak.contains("s_per_picture_step"), "4 methods x 2 figures, and Fawkes high's 6 phases: {cloak}");
     std::fs::remove_dir_all(out).ok();
