@@ -9,6 +9,8 @@ fn main() -> std::process::ExitCode {
     }
     // Memory follows the batch, not the dataset (see the function).
     cloakbench::runtime::bound_malloc_arenas();
+    // Freed memory is reused, not faulted in again for every batch (see the function).
+    cloakbench::runtime::reuse_freed_memory();
     // The same seed gives the same bytes in every run (MKL's strict reproducible mode).
     cloakbench::runtime::make_cpu_reproducible();
     cloakbench::cli::main()
