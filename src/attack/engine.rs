@@ -189,7 +189,7 @@ const BUDGET_CROP: Alignment = Alignment::SquareBox { size: 112, margin: 30.0 };
 /// empty batch gives an empty result. `lpips` is the perceptual metric of a perceptual budget;
 /// without it, DSSIM stands in. Fails when the ensemble is empty or a model refuses its input.
 pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>, targets: &[Target], device: Device) -> Result<Vec<Cloaked>> {
-    run_timed(config, ensemble, lpips, targets, device, &mut Clock::off())
+    Attack { config, ensemble, lpips, device }.run_timed(targets, &mut Clock::off())
 }
 
 /// [`run`], also saying where the time went: seconds per phase of the step, summed over every
@@ -203,7 +203,7 @@ pub fn run_profiled(
     device: Device,
 ) -> Result<(Vec<Cloaked>, Profile)> {
     let mut clock = Clock::on(device);
-    let cloaked = run_timed(config, ensemble, lpips, targets, device, &mut clock)?;
+    let cloaked = Attack { config, ensemble, lpips, device }.run_timed(targets, &mut clock)?;
     Ok((cloaked, clock.profile.unwrap_or_default()))
 }
 
@@ -296,31 +296,36 @@ impl Clock {
     }
 }
 
-/// [`run`] with a clock, which times the step's phases when on ([`run_profiled`]).
-fn run_timed(
-    config: &AttackConfig,
-    ensemble: &[Member],
-    lpips: Option<&LpipsAlex>,
-    targets: &[Target],
+/// What every batch of one [`run`] shares: the settings, the models and the device.
+#[derive(Clone, Copy)]
+struct Attack<'a> {
+    config: &'a AttackConfig,
+    ensemble: &'a [Member<'a>],
+    lpips: Option<&'a LpipsAlex>,
     device: Device,
-    clock: &mut Clock,
-) -> Result<Vec<Cloaked>> {
-    if ensemble.is_empty() {
-        bail!("the attack needs at least one model in its ensemble");
-    }
-    let mut crops: Vec<Alignment> = ensemble.iter().map(|m| m.alignment).collect();
-    crops.push(BUDGET_CROP);
-    let confined = config.init_noise < 0.5 && config.budget.perceptual.is_none();
-    let regions: Vec<Region> = targets.iter().map(|t| Region::to_work_on(t, &crops, confined, config.max_batch_pixels)).collect();
-    let views: Vec<Target> = targets.iter().zip(&regions).map(|(t, r)| r.view(t)).collect();
-    let mut out: Vec<Option<Cloaked>> = targets.iter().map(|_| None).collect();
-    for group in pixel_groups(&views, config.max_batch_pixels) {
-        let batch: Vec<Target> = group.iter().map(|&i| Target { pixels: views[i].pixels.shallow_clone(), faces: views[i].faces.clone() }).collect();
-        for (&i, cloaked) in group.iter().zip(run_batch(config, ensemble, lpips, &batch, device, clock)?) {
-            out[i] = Some(regions[i].paste(&targets[i], cloaked));
+}
+
+impl Attack<'_> {
+    /// [`run`] with a clock, which times the step's phases when on ([`run_profiled`]).
+    fn run_timed(&self, targets: &[Target], clock: &mut Clock) -> Result<Vec<Cloaked>> {
+        let Attack { config, ensemble, .. } = *self;
+        if ensemble.is_empty() {
+            bail!("the attack needs at least one model in its ensemble");
         }
+        let mut crops: Vec<Alignment> = ensemble.iter().map(|m| m.alignment).collect();
+        crops.push(BUDGET_CROP);
+        let confined = config.init_noise < 0.5 && config.budget.perceptual.is_none();
+        let regions: Vec<Region> = targets.iter().map(|t| Region::to_work_on(t, &crops, confined, config.max_batch_pixels)).collect();
+        let views: Vec<Target> = targets.iter().zip(&regions).map(|(t, r)| r.view(t)).collect();
+        let mut out: Vec<Option<Cloaked>> = targets.iter().map(|_| None).collect();
+        for group in pixel_groups(&views, config.max_batch_pixels) {
+            let batch: Vec<Target> = group.iter().map(|&i| Target { pixels: views[i].pixels.shallow_clone(), faces: views[i].faces.clone() }).collect();
+            for (&i, cloaked) in group.iter().zip(self.run_batch(&batch, clock)?) {
+                out[i] = Some(regions[i].paste(&targets[i], cloaked));
+            }
+        }
+        Ok(out.into_iter().map(|c| c.expect("every picture is in one group")).collect())
     }
-    Ok(out.into_iter().map(|c| c.expect("every picture is in one group")).collect())
 }
 
 /// The rectangle of a picture the loop optimises: [x0, y0, x1, y1] in whole pixels.
@@ -416,97 +421,95 @@ fn pixel_groups(targets: &[Target], budget: i64) -> Vec<Vec<usize>> {
     groups
 }
 
-/// [`run`] on one batch of regions.
-fn run_batch(
-    config: &AttackConfig,
-    ensemble: &[Member],
-    lpips: Option<&LpipsAlex>,
-    targets: &[Target],
-    device: Device,
-    clock: &mut Clock,
-) -> Result<Vec<Cloaked>> {
-    if targets.iter().all(|t| t.faces.is_empty()) {
-        return Ok(unchanged(targets));
+impl Attack<'_> {
+    /// [`run`] on one batch of regions.
+    fn run_batch(&self, targets: &[Target], clock: &mut Clock) -> Result<Vec<Cloaked>> {
+        let Attack { config, ensemble, lpips, device } = *self;
+        if targets.iter().all(|t| t.faces.is_empty()) {
+            return Ok(unchanged(targets));
+        }
+        tch::manual_seed(config.seed);
+        let (x0, sizes) = pad_batch(targets, device);
+        let faces: Vec<(i64, FaceGeometry, [i64; 2])> =
+            targets.iter().zip(&sizes).enumerate().flat_map(|(b, (t, size))| t.faces.iter().map(move |f| (b as i64, *f, *size))).collect();
+        let n = targets.len() as i64;
+        let plans: Vec<CropPlan> = ensemble.iter().map(|m| CropPlan::new(m.alignment, &faces, &x0.size(), device)).collect();
+        let budget_crop = CropPlan::new(BUDGET_CROP, &faces, &x0.size(), device);
+        let original = tch::no_grad(|| embed_all(config, ensemble, &plans, &x0, &mut Clock::off()))?;
+        let budget_x0 = tch::no_grad(|| budget_crop.apply(&x0));
+        // The originals' side of LPIPS does not change between steps: computed once.
+        let lpips = lpips.filter(|_| config.budget.perceptual.is_some()).map(|net| tch::no_grad(|| (net, net.reference(&budget_x0), net.reference(&x0))));
+        let mut state = State::new(config, &x0, device);
+        let mut weight = Tensor::ones([n], (Kind::Float, device)); // Fawkes' c_diff per picture
+        let mut best = Best::new(&x0);
+        let face_picture = Tensor::from_slice(&faces.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device);
+        let mut progress = Progress::new(targets, config.stop, device);
+        clock.reset();
+        for step in 0..config.steps {
+            if !progress.goes_on(step, &best, best_limit(config)) {
+                break;
+            }
+            clock.count(targets.len());
+            let x = state.pixels();
+            let embeddings = embed_all(config, ensemble, &plans, &x, clock)?;
+            let feature = per_picture(&feature_term(config, &embeddings, &original), &face_picture, n, false);
+            let face_crops = budget_crop.apply(&x);
+            let picture_dssim = per_picture(&dssim(&face_crops, &budget_x0, 255.0), &face_picture, n, true);
+            let mut loss = -(&weight * &feature).sum(Kind::Float);
+            if let Some(b) = config.budget.dssim {
+                loss += (&picture_dssim - b.threshold).clamp_min(0.0).square().sum(Kind::Float) * b.weight;
+            }
+            if let Some(w) = config.budget.perceptual {
+                let (face, whole) = match &lpips {
+                    Some((net, face_x0, whole_x0)) => {
+                        (per_picture(&net.distance_to(&face_crops, face_x0), &face_picture, n, true), net.distance_to(&x, whole_x0))
+                    }
+                    None => (picture_dssim.shallow_clone(), dssim(&x, &x0, 255.0)),
+                };
+                loss += ((face + whole) * (0.5 * w)).sum(Kind::Float);
+            }
+            clock.lap("objective");
+            state.backward(&loss);
+            clock.lap("backward");
+            state.update(step, config, progress.moving.as_ref());
+            clock.lap("update");
+            tch::no_grad(|| {
+                best.record(config, &x, &feature, &picture_dssim);
+                if let Some(b) = config.budget.dssim.filter(|b| b.adaptive) {
+                    weight = adapt_weight(&weight, &picture_dssim, b.threshold);
+                }
+            });
+            clock.lap("best");
+        }
+        // The last iterate counts too.
+        tch::no_grad(|| -> Result<()> {
+            let x = state.pixels();
+            let feature = per_picture(&feature_term(config, &embed_all(config, ensemble, &plans, &x, &mut Clock::off())?, &original), &face_picture, n, false);
+            let d = per_picture(&dssim(&budget_crop.apply(&x), &budget_x0, 255.0), &face_picture, n, true);
+            best.record(config, &x, &feature, &d);
+            Ok(())
+        })?;
+        let (best_feature, best_dssim) = best.figures();
+        let best_x = best.x;
+        let limit = best_limit(config);
+        Ok(targets
+            .iter()
+            .enumerate()
+            .map(|(b, t)| {
+                let [h, w] = sizes[b];
+                if t.faces.is_empty() {
+                    return Cloaked { pixels: t.pixels.shallow_clone(), dssim: 0.0, feature_term: 0.0, within_budget: true, steps: 0 };
+                }
+                Cloaked {
+                    pixels: best_x.get(b as i64).narrow(1, 0, h).narrow(2, 0, w).to_device(Device::Cpu),
+                    dssim: best_dssim[b],
+                    feature_term: best_feature[b],
+                    within_budget: best_dssim[b] <= limit,
+                    steps: progress.steps[b],
+                }
+            })
+            .collect())
     }
-    tch::manual_seed(config.seed);
-    let (x0, sizes) = pad_batch(targets, device);
-    let faces: Vec<(i64, FaceGeometry, [i64; 2])> =
-        targets.iter().zip(&sizes).enumerate().flat_map(|(b, (t, size))| t.faces.iter().map(move |f| (b as i64, *f, *size))).collect();
-    let n = targets.len() as i64;
-    let plans: Vec<CropPlan> = ensemble.iter().map(|m| CropPlan::new(m.alignment, &faces, &x0.size(), device)).collect();
-    let budget_crop = CropPlan::new(BUDGET_CROP, &faces, &x0.size(), device);
-    let original = tch::no_grad(|| embed_all(config, ensemble, &plans, &x0, &mut Clock::off()))?;
-    let budget_x0 = tch::no_grad(|| budget_crop.apply(&x0));
-    // The originals' side of LPIPS does not change between steps: computed once.
-    let lpips = lpips.filter(|_| config.budget.perceptual.is_some()).map(|net| tch::no_grad(|| (net, net.reference(&budget_x0), net.reference(&x0))));
-    let mut state = State::new(config, &x0, device);
-    let mut weight = Tensor::ones([n], (Kind::Float, device)); // Fawkes' c_diff per picture
-    let mut best = Best::new(&x0);
-    let face_picture = Tensor::from_slice(&faces.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device);
-    let mut progress = Progress::new(targets, config.stop, device);
-    clock.reset();
-    for step in 0..config.steps {
-        if !progress.goes_on(step, &best, best_limit(config)) {
-            break;
-        }
-        clock.count(targets.len());
-        let x = state.pixels();
-        let embeddings = embed_all(config, ensemble, &plans, &x, clock)?;
-        let feature = per_picture(&feature_term(config, &embeddings, &original), &face_picture, n, false);
-        let face_crops = budget_crop.apply(&x);
-        let picture_dssim = per_picture(&dssim(&face_crops, &budget_x0, 255.0), &face_picture, n, true);
-        let mut loss = -(&weight * &feature).sum(Kind::Float);
-        if let Some(b) = config.budget.dssim {
-            loss += (&picture_dssim - b.threshold).clamp_min(0.0).square().sum(Kind::Float) * b.weight;
-        }
-        if let Some(w) = config.budget.perceptual {
-            let (face, whole) = match &lpips {
-                Some((net, face_x0, whole_x0)) => (per_picture(&net.distance_to(&face_crops, face_x0), &face_picture, n, true), net.distance_to(&x, whole_x0)),
-                None => (picture_dssim.shallow_clone(), dssim(&x, &x0, 255.0)),
-            };
-            loss += ((face + whole) * (0.5 * w)).sum(Kind::Float);
-        }
-        clock.lap("objective");
-        state.backward(&loss);
-        clock.lap("backward");
-        state.update(step, config, progress.moving.as_ref());
-        clock.lap("update");
-        tch::no_grad(|| {
-            best.record(config, &x, &feature, &picture_dssim);
-            if let Some(b) = config.budget.dssim.filter(|b| b.adaptive) {
-                weight = adapt_weight(&weight, &picture_dssim, b.threshold);
-            }
-        });
-        clock.lap("best");
-    }
-    // The last iterate counts too.
-    tch::no_grad(|| -> Result<()> {
-        let x = state.pixels();
-        let feature = per_picture(&feature_term(config, &embed_all(config, ensemble, &plans, &x, &mut Clock::off())?, &original), &face_picture, n, false);
-        let d = per_picture(&dssim(&budget_crop.apply(&x), &budget_x0, 255.0), &face_picture, n, true);
-        best.record(config, &x, &feature, &d);
-        Ok(())
-    })?;
-    let (best_feature, best_dssim) = best.figures();
-    let best_x = best.x;
-    let limit = best_limit(config);
-    Ok(targets
-        .iter()
-        .enumerate()
-        .map(|(b, t)| {
-            let [h, w] = sizes[b];
-            if t.faces.is_empty() {
-                return Cloaked { pixels: t.pixels.shallow_clone(), dssim: 0.0, feature_term: 0.0, within_budget: true, steps: 0 };
-            }
-            Cloaked {
-                pixels: best_x.get(b as i64).narrow(1, 0, h).narrow(2, 0, w).to_device(Device::Cpu),
-                dssim: best_dssim[b],
-                feature_term: best_feature[b],
-                within_budget: best_dssim[b] <= limit,
-                steps: progress.steps[b],
-            }
-        })
-        .collect())
 }
 
 fn unchanged(targets: &[Target]) -> Vec<Cloaked> {
