@@ -411,8 +411,8 @@ fn run_reference_script(script: &str, args: &[String], device: tch::Device) -> R
     Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
 }
 
-/// Pictures/s of MTCNN detection on the first `pictures` files of `dataset` (decoded first, so
-/// only detection is timed), beside facenet-pytorch's MTCNN, the detector's original runtime,
+/// Pictures/s of MTCNN detection on `pictures` files drawn evenly over `dataset`'s sorted files
+/// (decoded first, so only detection is timed), one picture at a time and side by side, beside facenet-pytorch's MTCNN, the detector's original runtime,
 /// on the same files, weights, settings and threads (scripts/reference/mtcnn_detect.py).
 pub fn detect(dataset: &str, pictures: usize, device: &str, out: &str) -> Result<ExitCode> {
     use crate::face::mtcnn::{Mtcnn, Settings};
