@@ -40,7 +40,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::ssim::dssim;
 use crate::face::align::{self, Alignment, CropPlan, FaceGeometry};
-use crate::models::lpips::LpipsAlex;
+use crate::models::lpips::{LpipsAlex, Reference};
 use crate::models::{FaceModel, l2_normalise};
 
 /// How the optimised variable becomes pixels.
@@ -189,7 +189,14 @@ const BUDGET_CROP: Alignment = Alignment::SquareBox { size: 112, margin: 30.0 };
 /// empty batch gives an empty result. `lpips` is the perceptual metric of a perceptual budget;
 /// without it, DSSIM stands in. Fails when the ensemble is empty or a model refuses its input.
 pub fn run(config: &AttackConfig, ensemble: &[Member], lpips: Option<&LpipsAlex>, targets: &[Target], device: Device) -> Result<Vec<Cloaked>> {
-    Attack { config, ensemble, lpips, device }.run_timed(targets, &mut Clock::off())
+    Attack { config, ensemble, lpips, device, narrow: true }.run_timed(targets, &mut Clock::off())
+}
+
+/// [`run`] with stopped pictures left in every later step's computation (masked out of the
+/// update), as the loop ran before it narrowed batches: tests compare the two.
+#[doc(hidden)]
+pub fn run_without_narrowing(config: &AttackConfig, ensemble: &[Member], targets: &[Target], device: Device) -> Result<Vec<Cloaked>> {
+    Attack { config, ensemble, lpips: None, device, narrow: false }.run_timed(targets, &mut Clock::off())
 }
 
 /// [`run`], also saying where the time went: seconds per phase of the step, summed over every
@@ -203,7 +210,7 @@ pub fn run_profiled(
     device: Device,
 ) -> Result<(Vec<Cloaked>, Profile)> {
     let mut clock = Clock::on(device);
-    let cloaked = Attack { config, ensemble, lpips, device }.run_timed(targets, &mut clock)?;
+    let cloaked = Attack { config, ensemble, lpips, device, narrow: true }.run_timed(targets, &mut clock)?;
     Ok((cloaked, clock.profile.unwrap_or_default()))
 }
 
@@ -303,6 +310,8 @@ struct Attack<'a> {
     ensemble: &'a [Member<'a>],
     lpips: Option<&'a LpipsAlex>,
     device: Device,
+    /// Once some pictures of a batch stop, later steps compute only the others.
+    narrow: bool,
 }
 
 impl Attack<'_> {
@@ -421,72 +430,58 @@ fn pixel_groups(targets: &[Target], budget: i64) -> Vec<Vec<usize>> {
     groups
 }
 
-impl Attack<'_> {
+impl<'a> Attack<'a> {
     /// [`run`] on one batch of regions.
     fn run_batch(&self, targets: &[Target], clock: &mut Clock) -> Result<Vec<Cloaked>> {
-        let Attack { config, ensemble, lpips, device } = *self;
+        let Attack { config, device, .. } = *self;
         if targets.iter().all(|t| t.faces.is_empty()) {
             return Ok(unchanged(targets));
         }
         tch::manual_seed(config.seed);
         let (x0, sizes) = pad_batch(targets, device);
-        let faces: Vec<(i64, FaceGeometry, [i64; 2])> =
+        let faces: Vec<BatchFace> =
             targets.iter().zip(&sizes).enumerate().flat_map(|(b, (t, size))| t.faces.iter().map(move |f| (b as i64, *f, *size))).collect();
         let n = targets.len() as i64;
-        let plans: Vec<CropPlan> = ensemble.iter().map(|m| CropPlan::new(m.alignment, &faces, &x0.size(), device)).collect();
-        let budget_crop = CropPlan::new(BUDGET_CROP, &faces, &x0.size(), device);
-        let original = tch::no_grad(|| embed_all(config, ensemble, &plans, &x0, &mut Clock::off()))?;
-        let budget_x0 = tch::no_grad(|| budget_crop.apply(&x0));
-        // The originals' side of LPIPS does not change between steps: computed once.
-        let lpips = lpips.filter(|_| config.budget.perceptual.is_some()).map(|net| tch::no_grad(|| (net, net.reference(&budget_x0), net.reference(&x0))));
+        let whole = self.working_set(&faces, &x0)?;
+        let mut narrowed: Option<Working> = None;
         let mut state = State::new(config, &x0, device);
         let mut weight = Tensor::ones([n], (Kind::Float, device)); // Fawkes' c_diff per picture
         let mut best = Best::new(&x0);
-        let face_picture = Tensor::from_slice(&faces.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device);
         let mut progress = Progress::new(targets, config.stop, device);
         clock.reset();
         for step in 0..config.steps {
             if !progress.goes_on(step, &best, best_limit(config)) {
                 break;
             }
-            clock.count(targets.len());
-            let x = state.pixels();
-            let embeddings = embed_all(config, ensemble, &plans, &x, clock)?;
-            let feature = per_picture(&feature_term(config, &embeddings, &original), &face_picture, n, false);
-            let face_crops = budget_crop.apply(&x);
-            let picture_dssim = per_picture(&dssim(&face_crops, &budget_x0, 255.0), &face_picture, n, true);
-            let mut loss = -(&weight * &feature).sum(Kind::Float);
-            if let Some(b) = config.budget.dssim {
-                loss += (&picture_dssim - b.threshold).clamp_min(0.0).square().sum(Kind::Float) * b.weight;
+            if progress.just_stopped && self.narrow {
+                // Later steps cost what the pictures still optimised cost, not the whole batch.
+                narrowed = Some(whole.narrowed(self, &faces, &progress.active_pictures()));
             }
-            if let Some(w) = config.budget.perceptual {
-                let (face, whole) = match &lpips {
-                    Some((net, face_x0, whole_x0)) => {
-                        (per_picture(&net.distance_to(&face_crops, face_x0), &face_picture, n, true), net.distance_to(&x, whole_x0))
-                    }
-                    None => (picture_dssim.shallow_clone(), dssim(&x, &x0, 255.0)),
-                };
-                loss += ((face + whole) * (0.5 * w)).sum(Kind::Float);
-            }
+            let working = narrowed.as_ref().unwrap_or(&whole);
+            clock.count(working.n as usize);
+            let x = working.select(&state.pixels());
+            let picture_weight = working.select(&weight);
+            let (feature, picture_dssim, loss) = working.objective(self, &x, &picture_weight, clock)?;
             clock.lap("objective");
             state.backward(&loss);
             clock.lap("backward");
             state.update(step, config, progress.moving.as_ref());
             clock.lap("update");
             tch::no_grad(|| {
-                best.record(config, &x, &feature, &picture_dssim);
+                best.record(config, working.pictures.as_ref(), &x, &feature, &picture_dssim);
                 if let Some(b) = config.budget.dssim.filter(|b| b.adaptive) {
-                    weight = adapt_weight(&weight, &picture_dssim, b.threshold);
+                    weight = working.put(&weight, &adapt_weight(&picture_weight, &picture_dssim, b.threshold));
                 }
             });
             clock.lap("best");
         }
-        // The last iterate counts too.
+        // The last iterate of every picture counts too (a stopped picture's last update has
+        // not been looked at since).
         tch::no_grad(|| -> Result<()> {
             let x = state.pixels();
-            let feature = per_picture(&feature_term(config, &embed_all(config, ensemble, &plans, &x, &mut Clock::off())?, &original), &face_picture, n, false);
-            let d = per_picture(&dssim(&budget_crop.apply(&x), &budget_x0, 255.0), &face_picture, n, true);
-            best.record(config, &x, &feature, &d);
+            let feature = whole.feature(self, &x, &mut Clock::off())?;
+            let d = whole.dssim(&x);
+            best.record(config, None, &x, &feature, &d);
             Ok(())
         })?;
         let (best_feature, best_dssim) = best.figures();
@@ -509,6 +504,109 @@ impl Attack<'_> {
                 }
             })
             .collect())
+    }
+
+    /// The whole batch's working set: crop plans, and what the originals give once.
+    fn working_set(&self, faces: &[BatchFace], x0: &Tensor) -> Result<Working<'a>> {
+        let Attack { config, ensemble, lpips, device, .. } = *self;
+        let plans: Vec<CropPlan> = ensemble.iter().map(|m| CropPlan::new(m.alignment, faces, &x0.size(), device)).collect();
+        let budget_crop = CropPlan::new(BUDGET_CROP, faces, &x0.size(), device);
+        let original = tch::no_grad(|| embed_all(config, ensemble, &plans, x0, &mut Clock::off()))?;
+        let budget_x0 = tch::no_grad(|| budget_crop.apply(x0));
+        // The originals' side of LPIPS does not change between steps: computed once.
+        let lpips = lpips.filter(|_| config.budget.perceptual.is_some()).map(|net| tch::no_grad(|| (net, net.reference(&budget_x0), net.reference(x0))));
+        let face_picture = Tensor::from_slice(&faces.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device);
+        Ok(Working { pictures: None, n: x0.size()[0], face_picture, plans, budget_crop, original, budget_x0, x0: x0.shallow_clone(), lpips })
+    }
+}
+
+/// A face of a batch: its picture's index in the batch, its geometry, that picture's [h, w].
+type BatchFace = (i64, FaceGeometry, [i64; 2]);
+
+/// What a step computes on: some pictures of a batch (all of them at first, those still
+/// optimised once some have stopped), their faces, and what was computed once of their
+/// originals, indexed rather than recomputed when the set narrows.
+struct Working<'a> {
+    /// The batch's indices of the pictures in the set; None when it is the whole batch.
+    pictures: Option<Tensor>,
+    n: i64,
+    /// Per face, its picture's position in the set.
+    face_picture: Tensor,
+    plans: Vec<CropPlan>,
+    budget_crop: CropPlan,
+    /// Per ensemble member (and smoothed copy), the original faces' embeddings.
+    original: Vec<Tensor>,
+    budget_x0: Tensor,
+    x0: Tensor,
+    /// The network and the original face crops' and pictures' LPIPS sides.
+    lpips: Option<(&'a LpipsAlex, Reference, Reference)>,
+}
+
+impl<'a> Working<'a> {
+    /// The set of the batch's pictures `keep` (in order), from the whole batch's set.
+    fn narrowed(&self, attack: &Attack<'a>, faces: &[BatchFace], keep: &[usize]) -> Working<'a> {
+        let device = attack.device;
+        let position: std::collections::HashMap<i64, i64> = keep.iter().enumerate().map(|(p, &b)| (b as i64, p as i64)).collect();
+        let (rows, kept): (Vec<i64>, Vec<BatchFace>) =
+            faces.iter().enumerate().filter_map(|(i, &(b, f, size))| position.get(&b).map(|&p| (i as i64, (p, f, size)))).unzip();
+        let pictures = Tensor::from_slice(&keep.iter().map(|&b| b as i64).collect::<Vec<_>>()).to_device(device);
+        let rows = Tensor::from_slice(&rows).to_device(device);
+        let mut size = self.x0.size();
+        size[0] = keep.len() as i64;
+        Working {
+            n: size[0],
+            face_picture: Tensor::from_slice(&kept.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device),
+            plans: attack.ensemble.iter().map(|m| CropPlan::new(m.alignment, &kept, &size, device)).collect(),
+            budget_crop: CropPlan::new(BUDGET_CROP, &kept, &size, device),
+            original: self.original.iter().map(|e| e.index_select(0, &rows)).collect(),
+            budget_x0: self.budget_x0.index_select(0, &rows),
+            x0: self.x0.index_select(0, &pictures),
+            lpips: self.lpips.as_ref().map(|(net, faces, whole)| (*net, faces.select(&rows), whole.select(&pictures))),
+            pictures: Some(pictures),
+        }
+    }
+
+    /// The set's rows of a per-picture tensor of the whole batch.
+    fn select(&self, whole: &Tensor) -> Tensor {
+        self.pictures.as_ref().map_or_else(|| whole.shallow_clone(), |p| whole.index_select(0, p))
+    }
+
+    /// `whole` with the set's rows replaced by `part`.
+    fn put(&self, whole: &Tensor, part: &Tensor) -> Tensor {
+        self.pictures.as_ref().map_or_else(|| part.shallow_clone(), |p| whole.index_copy(0, p, part))
+    }
+
+    /// Per picture of the set: the feature term over its faces.
+    fn feature(&self, attack: &Attack, x: &Tensor, clock: &mut Clock) -> Result<Tensor> {
+        let embeddings = embed_all(attack.config, attack.ensemble, &self.plans, x, clock)?;
+        Ok(per_picture(&feature_term(attack.config, &embeddings, &self.original), &self.face_picture, self.n, false))
+    }
+
+    /// Per picture of the set: the largest DSSIM of its faces' budget crops.
+    fn dssim(&self, x: &Tensor) -> Tensor {
+        per_picture(&dssim(&self.budget_crop.apply(x), &self.budget_x0, 255.0), &self.face_picture, self.n, true)
+    }
+
+    /// The feature term and DSSIM per picture of the set, and the loss the step descends.
+    fn objective(&self, attack: &Attack, x: &Tensor, weight: &Tensor, clock: &mut Clock) -> Result<(Tensor, Tensor, Tensor)> {
+        let config = attack.config;
+        let feature = self.feature(attack, x, clock)?;
+        let face_crops = self.budget_crop.apply(x);
+        let picture_dssim = per_picture(&dssim(&face_crops, &self.budget_x0, 255.0), &self.face_picture, self.n, true);
+        let mut loss = -(weight * &feature).sum(Kind::Float);
+        if let Some(b) = config.budget.dssim {
+            loss += (&picture_dssim - b.threshold).clamp_min(0.0).square().sum(Kind::Float) * b.weight;
+        }
+        if let Some(w) = config.budget.perceptual {
+            let (face, whole) = match &self.lpips {
+                Some((net, face_x0, whole_x0)) => {
+                    (per_picture(&net.distance_to(&face_crops, face_x0), &self.face_picture, self.n, true), net.distance_to(x, whole_x0))
+                }
+                None => (picture_dssim.shallow_clone(), dssim(x, &self.x0, 255.0)),
+            };
+            loss += ((face + whole) * (0.5 * w)).sum(Kind::Float);
+        }
+        Ok((feature, picture_dssim, loss))
     }
 }
 
@@ -533,6 +631,8 @@ struct Progress {
     moving: Option<Tensor>,
     /// Kept feature term per picture at the last check.
     at_check: Vec<f64>,
+    /// Whether the last call to `goes_on` stopped some picture.
+    just_stopped: bool,
     steps: Vec<usize>,
     device: Device,
 }
@@ -540,7 +640,15 @@ struct Progress {
 impl Progress {
     fn new(targets: &[Target], stop: Option<Convergence>, device: Device) -> Progress {
         let n = targets.len();
-        Progress { stop, active: targets.iter().map(|t| !t.faces.is_empty()).collect(), moving: None, at_check: vec![f64::NAN; n], steps: vec![0; n], device }
+        Progress {
+            stop,
+            active: targets.iter().map(|t| !t.faces.is_empty()).collect(),
+            moving: None,
+            at_check: vec![f64::NAN; n],
+            just_stopped: false,
+            steps: vec![0; n],
+            device,
+        }
     }
 
     /// Whether step `step` runs; at the end of each window, stops the pictures that converged
@@ -563,11 +671,17 @@ impl Progress {
             if stopped {
                 self.moving = Some(Tensor::from_slice(&self.active).view([-1, 1, 1, 1]).to_device(self.device));
             }
+            self.just_stopped = stopped;
         }
         for (s, _) in self.steps.iter_mut().zip(&self.active).filter(|(_, a)| **a) {
             *s += 1;
         }
         self.active.iter().any(|&a| a)
+    }
+
+    /// The batch's indices of the pictures still optimised.
+    fn active_pictures(&self) -> Vec<usize> {
+        self.active.iter().enumerate().filter(|(_, a)| **a).map(|(b, _)| b).collect()
     }
 }
 
@@ -671,19 +785,23 @@ impl Best {
     }
 
     /// Keeps, per picture, the iterate with the largest feature term among those within budget
-    /// (any iterate within budget beats one outside it).
-    fn record(&mut self, config: &AttackConfig, x: &Tensor, feature: &Tensor, d: &Tensor) {
+    /// (any iterate within budget beats one outside it). `x`, `feature` and `d` are of the
+    /// batch's pictures `at` (all when None).
+    fn record(&mut self, config: &AttackConfig, at: Option<&Tensor>, x: &Tensor, feature: &Tensor, d: &Tensor) {
         let limit = best_limit(config);
         let (feature, d) = (feature.detach().to_kind(Kind::Float), d.detach().to_kind(Kind::Float));
+        let rows = |t: &Tensor| at.map_or_else(|| t.shallow_clone(), |i| t.index_select(0, i));
+        let (kept_x, kept_feature, kept_dssim) = (rows(&self.x), rows(&self.feature), rows(&self.dssim));
         let within = d.le(limit);
-        let best_within = self.dssim.le(limit);
+        let best_within = kept_dssim.le(limit);
         let better = within
             .logical_and(&best_within.logical_not())
-            .logical_or(&within.eq_tensor(&best_within).logical_and(&feature.gt_tensor(&self.feature)))
-            .logical_or(&self.feature.isneginf());
-        self.x = x.detach().where_self(&better.view([-1, 1, 1, 1]), &self.x);
-        self.feature = feature.where_self(&better, &self.feature);
-        self.dssim = d.where_self(&better, &self.dssim);
+            .logical_or(&within.eq_tensor(&best_within).logical_and(&feature.gt_tensor(&kept_feature)))
+            .logical_or(&kept_feature.isneginf());
+        let put = |whole: &Tensor, part: Tensor| at.map_or(part.shallow_clone(), |i| whole.index_copy(0, i, &part));
+        self.x = put(&self.x, x.detach().where_self(&better.view([-1, 1, 1, 1]), &kept_x));
+        self.feature = put(&self.feature, feature.where_self(&better, &kept_feature));
+        self.dssim = put(&self.dssim, d.where_self(&better, &kept_dssim));
     }
 
     fn figures(&self) -> (Vec<f64>, Vec<f64>) {

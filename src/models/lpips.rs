@@ -107,6 +107,13 @@ impl LpipsAlex {
 #[derive(Debug)]
 pub struct Reference(Vec<Tensor>);
 
+impl Reference {
+    /// The reference of some of its pictures (`rows` indexes them).
+    pub fn select(&self, rows: &Tensor) -> Reference {
+        Reference(self.0.iter().map(|t| t.index_select(0, rows)).collect())
+    }
+}
+
 /// Where `make lpips` puts the converted weights.
 pub fn installed_path() -> PathBuf {
     super::models_dir().join(WEIGHTS)
