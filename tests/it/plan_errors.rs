@@ -119,3 +119,21 @@ fn every_bad_pipeline_is_one_clear_line_and_exit_code_2() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Every pipeline the repository ships plans as it is (the README's commands start from them):
+/// a stage renamed in one file, a key a stage no longer takes or a preset that is gone fails
+/// here before anyone runs hours of it. Planning writes nothing.
+#[test]
+fn every_shipped_pipeline_plans() {
+    let dir = scratch("shipped_pipelines");
+    let mut files: Vec<_> = std::fs::read_dir(crate::repo().join("pipelines")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    files.sort();
+    assert!(files.len() >= 10, "pipelines/ holds {} files", files.len());
+    let root = dir.join("runs");
+    for file in &files {
+        let out = crate::cloakbench(&["run", file.to_str().unwrap(), "--dry-run", "--run-root", root.to_str().unwrap()], &[]);
+        assert!(!text(&out.stdout).trim().is_empty(), "{}: the dry run listed no stage", file.display());
+    }
+    assert!(!root.exists(), "a dry run wrote a run folder");
+}
