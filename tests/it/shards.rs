@@ -239,12 +239,14 @@ fn a_slurm_array_over_s3_with_a_crashed_and_requeued_shard_commits_the_single_pr
     cloakbench(&["run", spec, "--set", dataset, "--run-root", "s3://faces/single", "-q"], &[&env[..], &one_thread[..]].concat());
 
     // Task 1's first attempt is SIGKILLed two seconds in (a crash): shard.sbatch requeues it.
+    // It exits 137 even when the shard finished within the two seconds (a node lost after the
+    // work, before it reported): otherwise a fast machine sees no crash and the test no requeue.
     let wrapper = dir.join("cloakbench-crashing-once.sh");
     std::fs::write(
         &wrapper,
         format!(
             "#!/usr/bin/env bash\nif [ \"$1\" = run ] && [ \"$SLURM_ARRAY_TASK_ID\" = 1 ] && mkdir {:?} 2>/dev/null; then\n  \
-             {bin:?} \"$@\" & pid=$!; sleep 2; kill -9 $pid; wait $pid; exit $?\nfi\nexec {bin:?} \"$@\"\n",
+             {bin:?} \"$@\" & pid=$!; sleep 2; kill -9 $pid 2>/dev/null; wait $pid; exit 137\nfi\nexec {bin:?} \"$@\"\n",
             dir.join("crashed-once"),
             bin = env!("CARGO_BIN_EXE_cloakbench")
         ),
