@@ -631,7 +631,7 @@ struct Progress {
     moving: Option<Tensor>,
     /// Kept feature term per picture at the last check.
     at_check: Vec<f64>,
-    /// Whether the last call to `goes_on` stopped some picture.
+    /// Whether the last call to `goes_on` stopped some picture (only a check step can).
     just_stopped: bool,
     steps: Vec<usize>,
     device: Device,
@@ -654,6 +654,7 @@ impl Progress {
     /// Whether step `step` runs; at the end of each window, stops the pictures that converged
     /// (kept iterate within `limit` and gaining less than the tolerance since the last check).
     fn goes_on(&mut self, step: usize, best: &Best, limit: f64) -> bool {
+        self.just_stopped = false;
         if let Some(c) = self.stop
             && step > 0
             && step.is_multiple_of(c.window.max(1))
