@@ -69,7 +69,8 @@ pub enum Optimiser {
 pub enum Goal {
     /// Maximise the distance from the face's original embedding (untargeted).
     Away,
-    /// Minimise the distance to a target point per face and model ([faces, dim] per model).
+    /// Minimise the distance to a target point per face and model ([faces, dim] per model: a
+    /// row for each face of every picture given to [`run`], in their order).
     Toward(Vec<Tensor>),
     /// Maximise the distance from the user's clean cluster centre, per model ([dim]).
     AwayFromCentroid(Vec<Tensor>),
@@ -329,12 +330,29 @@ impl Attack<'_> {
         let mut out: Vec<Option<Cloaked>> = targets.iter().map(|_| None).collect();
         for group in pixel_groups(&views, config.max_batch_pixels) {
             let batch: Vec<Target> = group.iter().map(|&i| Target { pixels: views[i].pixels.shallow_clone(), faces: views[i].faces.clone() }).collect();
-            for (&i, cloaked) in group.iter().zip(self.run_batch(&batch, clock)?) {
+            let points = goal_points(config, targets, &group, self.device)?;
+            for (&i, cloaked) in group.iter().zip(self.run_batch(&batch, points, clock)?) {
                 out[i] = Some(regions[i].paste(&targets[i], cloaked));
             }
         }
         Ok(out.into_iter().map(|c| c.expect("every picture is in one group")).collect())
     }
+}
+
+/// A `toward` goal's points for the faces of one batch (`group`, indices into `targets`), in
+/// the batch's order, per model and L2-normalised; empty for the other goals. The goal holds a
+/// row per face of every picture the run was given, in their order, and batches regroup them.
+fn goal_points(config: &AttackConfig, targets: &[Target], group: &[usize], device: Device) -> Result<Vec<Tensor>> {
+    let Goal::Toward(points) = &config.objective.goal else { return Ok(vec![]) };
+    let faces: Vec<i64> = targets.iter().map(|t| t.faces.len() as i64).collect();
+    let total: i64 = faces.iter().sum();
+    if let Some(p) = points.iter().find(|p| p.size().first() != Some(&total)) {
+        bail!("the goal has {:?} target points per model for {total} faces", p.size());
+    }
+    let first: Vec<i64> = faces.iter().scan(0, |next, n| Some(std::mem::replace(next, *next + n))).collect();
+    let rows: Vec<i64> = group.iter().flat_map(|&i| first[i]..first[i] + faces[i]).collect();
+    let rows = Tensor::from_slice(&rows);
+    Ok(points.iter().map(|p| l2_normalise(&p.index_select(0, &rows.to_device(p.device())).to_device(device))).collect())
 }
 
 /// The rectangle of a picture the loop optimises: [x0, y0, x1, y1] in whole pixels.
@@ -432,7 +450,8 @@ fn pixel_groups(targets: &[Target], budget: i64) -> Vec<Vec<usize>> {
 
 impl<'a> Attack<'a> {
     /// [`run`] on one batch of regions.
-    fn run_batch(&self, targets: &[Target], clock: &mut Clock) -> Result<Vec<Cloaked>> {
+    /// `points` are a `toward` goal's, one row per face of the batch ([`goal_points`]).
+    fn run_batch(&self, targets: &[Target], points: Vec<Tensor>, clock: &mut Clock) -> Result<Vec<Cloaked>> {
         let Attack { config, device, .. } = *self;
         if targets.iter().all(|t| t.faces.is_empty()) {
             return Ok(unchanged(targets));
@@ -442,7 +461,7 @@ impl<'a> Attack<'a> {
         let faces: Vec<BatchFace> =
             targets.iter().zip(&sizes).enumerate().flat_map(|(b, (t, size))| t.faces.iter().map(move |f| (b as i64, *f, *size))).collect();
         let n = targets.len() as i64;
-        let whole = self.working_set(&faces, &x0)?;
+        let whole = self.working_set(&faces, &x0, points)?;
         let mut narrowed: Option<Working> = None;
         let mut state = State::new(config, &x0, device);
         let mut weight = Tensor::ones([n], (Kind::Float, device)); // Fawkes' c_diff per picture
@@ -507,7 +526,7 @@ impl<'a> Attack<'a> {
     }
 
     /// The whole batch's working set: crop plans, and what the originals give once.
-    fn working_set(&self, faces: &[BatchFace], x0: &Tensor) -> Result<Working<'a>> {
+    fn working_set(&self, faces: &[BatchFace], x0: &Tensor, points: Vec<Tensor>) -> Result<Working<'a>> {
         let Attack { config, ensemble, lpips, device, .. } = *self;
         let plans: Vec<CropPlan> = ensemble.iter().map(|m| CropPlan::new(m.alignment, faces, &x0.size(), device)).collect();
         let budget_crop = CropPlan::new(BUDGET_CROP, faces, &x0.size(), device);
@@ -516,7 +535,7 @@ impl<'a> Attack<'a> {
         // The originals' side of LPIPS does not change between steps: computed once.
         let lpips = lpips.filter(|_| config.budget.perceptual.is_some()).map(|net| tch::no_grad(|| (net, net.reference(&budget_x0), net.reference(x0))));
         let face_picture = Tensor::from_slice(&faces.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device);
-        Ok(Working { pictures: None, n: x0.size()[0], face_picture, plans, budget_crop, original, budget_x0, x0: x0.shallow_clone(), lpips })
+        Ok(Working { pictures: None, n: x0.size()[0], face_picture, plans, budget_crop, original, points, budget_x0, x0: x0.shallow_clone(), lpips })
     }
 }
 
@@ -536,6 +555,8 @@ struct Working<'a> {
     budget_crop: CropPlan,
     /// Per ensemble member (and smoothed copy), the original faces' embeddings.
     original: Vec<Tensor>,
+    /// Per model, a `toward` goal's point for each face of the set (empty for other goals).
+    points: Vec<Tensor>,
     budget_x0: Tensor,
     x0: Tensor,
     /// The network and the original face crops' and pictures' LPIPS sides.
@@ -559,6 +580,7 @@ impl<'a> Working<'a> {
             plans: attack.ensemble.iter().map(|m| CropPlan::new(m.alignment, &kept, &size, device)).collect(),
             budget_crop: CropPlan::new(BUDGET_CROP, &kept, &size, device),
             original: self.original.iter().map(|e| e.index_select(0, &rows)).collect(),
+            points: self.points.iter().map(|p| p.index_select(0, &rows)).collect(),
             budget_x0: self.budget_x0.index_select(0, &rows),
             x0: self.x0.index_select(0, &pictures),
             lpips: self.lpips.as_ref().map(|(net, faces, whole)| (*net, faces.select(&rows), whole.select(&pictures))),
@@ -579,7 +601,7 @@ impl<'a> Working<'a> {
     /// Per picture of the set: the feature term over its faces.
     fn feature(&self, attack: &Attack, x: &Tensor, clock: &mut Clock) -> Result<Tensor> {
         let embeddings = embed_all(attack.config, attack.ensemble, &self.plans, x, clock)?;
-        Ok(per_picture(&feature_term(attack.config, &embeddings, &self.original), &self.face_picture, self.n, false))
+        Ok(per_picture(&feature_term(attack.config, &embeddings, &self.original, &self.points), &self.face_picture, self.n, false))
     }
 
     /// Per picture of the set: the largest DSSIM of its faces' budget crops.
@@ -719,15 +741,15 @@ fn embed_all(config: &AttackConfig, ensemble: &[Member], plans: &[CropPlan], x: 
 }
 
 /// Per-face feature term, larger = better for the attacker (summed over members): [faces].
-fn feature_term(config: &AttackConfig, embeddings: &[Tensor], original: &[Tensor]) -> Tensor {
+/// `points` are a `toward` goal's, per model, one normalised row per face.
+fn feature_term(config: &AttackConfig, embeddings: &[Tensor], original: &[Tensor], points: &[Tensor]) -> Tensor {
     let mut total: Option<Tensor> = None;
     for (m, (e, e0)) in embeddings.iter().zip(original).enumerate() {
         let term = match (&config.objective.goal, config.objective.distance) {
-            (Goal::Toward(targets), _) => {
+            (Goal::Toward(_), _) => {
                 // Targets are given per model; smoothed copies share their model's target.
-                let t = &targets[m / members_per_model(config)];
-                let t = l2_normalise(&t.to_device(e.device()));
-                -((&t - e).norm_scalaropt_dim(2, [1i64].as_slice(), false) / t.norm_scalaropt_dim(2, [1i64].as_slice(), false))
+                let t = &points[m / members_per_model(config)];
+                -((t - e).norm_scalaropt_dim(2, [1i64].as_slice(), false) / t.norm_scalaropt_dim(2, [1i64].as_slice(), false))
             }
             (Goal::AwayFromCentroid(centres), _) => {
                 let c = l2_normalise(&centres[m / members_per_model(config)].to_device(e.device()).view([1, -1]));

@@ -167,6 +167,45 @@ fn stopping_at_convergence_saves_steps_and_keeps_the_budget() {
     }
 }
 
+/// Fawkes v0.3 pulls each face toward its own point: the goal holds a row per face of every
+/// picture given, while the engine regroups pictures into batches by size (largest first) and
+/// narrows a batch as its pictures stop. Each face must still be pulled toward its own point.
+#[test]
+fn each_face_keeps_its_own_target_point_across_batches() {
+    let targets = targets();
+    let model = dlib();
+    let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
+    let (chips, _) = golden_batch("dlib_resnet29_150", "embeddings");
+    let face = targets[0].faces[0];
+    let points = Tensor::cat(&[chip_embedding(model.as_ref(), &chips.get(1), &face), chip_embedding(model.as_ref(), &chips.get(3), &face)], 0);
+    let v03 = |points: Tensor, max_batch_pixels: i64| {
+        let mut cfg = methods::config(methods::Method::FawkesV03, "mid", 0).unwrap();
+        cfg.steps = 6;
+        cfg.objective.goal = engine::Goal::Toward(vec![points]);
+        cfg.max_batch_pixels = max_batch_pixels;
+        cfg
+    };
+    // A batch per picture, the larger (the second) first: each as when cloaked alone.
+    let apart = engine::run(&v03(points.shallow_clone(), 1), &ensemble, None, &targets, Device::Cpu).unwrap();
+    for (i, cloaked) in apart.iter().enumerate() {
+        let alone = engine::run(&v03(points.narrow(0, i as i64, 1), 1), &ensemble, None, &targets[i..=i], Device::Cpu).unwrap();
+        assert!(cloaked.pixels.equal(&alone[0].pixels), "picture {i} was pulled toward another face's point");
+    }
+    // One batch that narrows once a picture stops: as when the stopped picture stays in.
+    let mut stopping = v03(points.shallow_clone(), engine::DEFAULT_MAX_BATCH_PIXELS);
+    stopping.steps = 12;
+    stopping.stop = Some(engine::Convergence { window: 3, tolerance: 0.05 });
+    let narrowed = engine::run(&stopping, &ensemble, None, &targets, Device::Cpu).unwrap();
+    let kept_in = engine::run_without_narrowing(&stopping, &ensemble, &targets, Device::Cpu).unwrap();
+    eprintln!("steps: {:?}", narrowed.iter().map(|c| c.steps).collect::<Vec<_>>());
+    for (i, (n, k)) in narrowed.iter().zip(&kept_in).enumerate() {
+        let gap = (&n.pixels - &k.pixels).abs().max().double_value(&[]);
+        assert!(n.steps == k.steps && gap < 1e-2, "picture {i}: narrowing changed its cloak (by up to {gap})");
+    }
+    // A goal with a point too few is an error, not a crash.
+    assert!(engine::run(&v03(points.narrow(0, 0, 1), 1), &ensemble, None, &targets, Device::Cpu).is_err());
+}
+
 /// An empty batch, or one whose pictures have no face, comes back as it went in.
 #[test]
 fn an_empty_or_faceless_batch_comes_back_unchanged() {
