@@ -115,9 +115,10 @@ enum Command {
         max_batch_pixels: i64,
         #[arg(long, default_value_t = 0)]
         seed: i64,
-        /// Run the method's whole schedule, as the original tool does. By default each picture
-        /// stops once its cloak has converged within its budget (README, "Stopping at
-        /// convergence": the same protection on facescrub12 in fewer steps).
+        /// Run the method's whole schedule, as the original tool does. By default, with Fawkes
+        /// mid and high, each picture stops once its cloak has converged within its budget
+        /// (README, "Stopping at convergence": the same protection in fewer steps); the other
+        /// cloaks always run their whole schedule (stopping cut them short).
         #[arg(long)]
         fixed_schedule: bool,
         /// auto, cpu, cuda or cuda:N.

@@ -49,6 +49,14 @@ impl Method {
         }
     }
 
+    /// Whether stopping at convergence ([`super::engine::Convergence::DEFAULT`]) was measured to
+    /// keep this cloak's protection: Fawkes high (facescrub12) and mid (lfw158). On lfw158 it
+    /// stopped Fawkes low after 18 of its 40 steps and anticluster after 14 of 100, leaving
+    /// neither any protection (README, "The other cloaks, measured"); LowKey was not measured.
+    pub fn converges_safely(self, mode: &str) -> bool {
+        matches!((self, mode), (Method::Fawkes, "high" | "mid"))
+    }
+
     /// How this implementation departs from the anchor tool; `lpips`: whether the perceptual
     /// budget (LowKey's) runs on LPIPS-AlexNet rather than its DSSIM substitute.
     pub fn notes(self, lpips: bool) -> &'static str {

@@ -36,7 +36,8 @@ pub struct Request {
     pub batch_size: usize,
     pub max_batch_pixels: i64,
     pub seed: i64,
-    /// Stop each picture at convergence ([`Convergence::DEFAULT`]) rather than after the schedule.
+    /// Stop each picture at convergence ([`Convergence::DEFAULT`]) rather than after the
+    /// schedule, for the cloaks where that keeps protection ([`Method::converges_safely`]).
     pub early_stop: bool,
     pub device: String,
     pub quiet: bool,
@@ -56,13 +57,17 @@ pub fn run(req: &Request) -> Result<ExitCode> {
     let device = crate::models::device(&req.device)?;
     let mode = req.mode.clone().unwrap_or_else(|| req.method.modes()[0].to_owned());
     let ensemble = req.ensemble.clone().unwrap_or_else(|| cloaker::default_ensemble(req.method, &mode));
+    let stops_early = req.early_stop && req.method.converges_safely(&mode);
     let cloaker = Cloaker::new(req.method, &mode, &ensemble, device, req.seed)?
         .with_max_batch_pixels(req.max_batch_pixels)
-        .with_stop(req.early_stop.then_some(Convergence::DEFAULT));
+        .with_stop(stops_early.then_some(Convergence::DEFAULT));
     let detector = Mtcnn::load(device)?;
     // Fawkes' detection settings: confident faces of at least 30 pixels.
     let settings = Settings { min_face_size: 30.0, ..Settings::default() };
     info(req.quiet, &format!("cloak: {} pictures, {} {mode}, ensemble {ensemble:?}", pictures.len(), req.method.name()));
+    if req.early_stop && !stops_early {
+        info(req.quiet, &format!("cloak: {} {mode} runs its whole schedule (stopping at convergence cut it short, without protection)", req.method.name()));
+    }
     let mut progress = Progress::new("cloak", pictures.len() as u64, "pictures", req.quiet);
     let (mut with_faces, mut failures) = (0, 0);
     let mut cloaked_files = Vec::new();
