@@ -27,6 +27,7 @@ use super::linear::{Labelled, Probe, ProbeConfig};
 use super::optim::Adam;
 use crate::io::Location;
 use crate::models::{self, FaceModel};
+use crate::progress::Progress;
 use crate::rng::Rng;
 
 /// How long and how a model is fine-tuned.
@@ -63,6 +64,11 @@ pub enum HeadStart {
 }
 
 impl Schedule {
+    /// Every step of every epoch.
+    pub fn steps(&self) -> u64 {
+        (self.epochs * self.steps_per_epoch) as u64
+    }
+
     /// FaceCure's end-to-end schedule: 10 epochs of 500 steps, batch 32. The learning rates
     /// are ours: Adam at 1e-4 on every layer took dlib's ResNet apart on the fixture data
     /// (training loss 1.43 after 120 steps, test accuracy 0.31); at 1e-5 it kept 1.000.
@@ -167,8 +173,8 @@ struct Marker {
 
 /// Fine-tunes `model_id` on `data` (labels `0..n_classes`), saving a checkpoint after every
 /// epoch in `checkpoints` and resuming from the last one found there. `start`: the URI of
-/// fine-tuned weights to start from instead of the published ones. `step` is called after
-/// every step with the steps done so far.
+/// fine-tuned weights to start from instead of the published ones. `progress` counts steps
+/// (those of resumed epochs at once) and is finished on success.
 #[allow(clippy::too_many_arguments)]
 pub fn fine_tune(
     model_id: &str,
@@ -178,7 +184,7 @@ pub fn fine_tune(
     n_classes: usize,
     schedule: &Schedule,
     checkpoints: &Location,
-    step: &mut dyn FnMut(usize),
+    mut progress: Progress,
 ) -> Result<Tuned> {
     if data.is_empty() {
         bail!("nothing to fine-tune {model_id} on");
@@ -208,20 +214,21 @@ pub fn fine_tune(
         tuned.losses = marker.losses;
         tuned.resumed_after = Some(marker.epoch);
         first_epoch = marker.epoch + 1;
-        step(first_epoch * schedule.steps_per_epoch);
+        progress.add((first_epoch * schedule.steps_per_epoch) as u64);
     }
     let by_class = classes(data, n_classes);
     for epoch in first_epoch..schedule.epochs {
         let mut rng = Rng::new(schedule.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut total = 0.0;
-        for s in 0..schedule.steps_per_epoch {
+        for _ in 0..schedule.steps_per_epoch {
             let (rows, flips) = sample(&mut rng, data, &by_class, schedule);
             total += tuned.train_step(data, &rows, &flips, &mut body_opt, &mut head_opt)?;
-            step(epoch * schedule.steps_per_epoch + s + 1);
+            progress.add(1);
         }
         tuned.losses.push(total / schedule.steps_per_epoch as f64);
         tuned.save(checkpoints, epoch, &body_opt, &head_opt)?;
     }
+    progress.finish();
     Ok(tuned)
 }
 

@@ -177,6 +177,12 @@ impl<'a> Context<'a> {
         self.run_dir.child(&format!("{what}/{}", self.stage))
     }
 
+    /// Where this stage keeps its training checkpoints: `<run>/checkpoints/<stage>/<fingerprint>/`,
+    /// so a rerun with changed settings or inputs never resumes from another run's epochs.
+    pub fn checkpoints(&self) -> Location {
+        self.files_dir("checkpoints").child(&self.fingerprint[..16])
+    }
+
     /// A progress display for `total` items of this stage.
     pub fn progress(&self, total: u64, unit: &str) -> Progress {
         Progress::new(self.stage, total, unit, self.options.quiet)

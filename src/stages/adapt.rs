@@ -100,20 +100,15 @@ impl StageConfig for Adapt {
             ctx.skip(format!("{why}: not trained on"));
         }
         ctx.log(&format!("{} on {} pictures ({n_cloaked} cloaked) of {} public identities", self.model, crops.len(), public.len()));
-        let checkpoints = ctx.files_dir("checkpoints").child(&ctx.fingerprint[..16]);
-        let mut progress = ctx.progress((schedule.epochs * schedule.steps_per_epoch) as u64, "steps");
-        let mut done = 0;
-        let tuned = fine_tune(&self.model, None, self.device.resolve()?, &crops, public.len(), &schedule, &checkpoints, &mut |steps| {
-            progress.add((steps - done) as u64);
-            done = steps;
-        })?;
-        progress.finish();
+        let checkpoints = ctx.checkpoints();
+        let tuned =
+            fine_tune(&self.model, None, self.device.resolve()?, &crops, public.len(), &schedule, &checkpoints, ctx.progress(schedule.steps(), "steps"))?;
         checkpoints.put("robust.safetensors", Bytes::from(tuned.network_weights()?))?;
         let row = TunedModel {
             model: self.model.clone(),
             weights_uri: checkpoints.url_of("robust.safetensors"),
             epochs: schedule.epochs as i32,
-            steps: (schedule.epochs * schedule.steps_per_epoch) as i64,
+            steps: schedule.steps() as i64,
             pictures: crops.len() as i64,
             identities: public.len() as i64,
             trained_identities: public.join(","),

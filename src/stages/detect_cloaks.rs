@@ -300,14 +300,8 @@ impl DetectCloaks {
                 let schedule = self.schedule.resolve().map_err(anyhow::Error::msg)?;
                 let alignment = Alignment::from_card(&models::card(&self.model)?)?;
                 let (crops, _) = crop_faces(loader, &train.pictures, faces, alignment)?;
-                let checkpoints = ctx.files_dir("checkpoints").child(&ctx.fingerprint[..16]);
-                let mut progress = ctx.progress((schedule.epochs * schedule.steps_per_epoch) as u64, "steps");
-                let mut done = 0;
-                let tuned = fine_tune(&self.model, None, self.device.resolve()?, &crops, 2, &schedule, &checkpoints, &mut |steps| {
-                    progress.add((steps - done) as u64);
-                    done = steps;
-                })?;
-                progress.finish();
+                let tuned =
+                    fine_tune(&self.model, None, self.device.resolve()?, &crops, 2, &schedule, &ctx.checkpoints(), ctx.progress(schedule.steps(), "steps"))?;
                 Ok((format!("finetuned_{}", self.model), Scorer { kind: Scoring::Network(tuned), alignment, trained_on: crops.len() }))
             }
         }

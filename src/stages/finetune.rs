@@ -115,14 +115,9 @@ impl StageConfig for Finetune {
             schedule.epochs,
             schedule.steps_per_epoch
         ));
-        let checkpoints = ctx.files_dir("checkpoints").child(&ctx.fingerprint[..16]);
-        let mut progress = ctx.progress((schedule.epochs * schedule.steps_per_epoch) as u64, "steps");
-        let mut done = 0;
-        let tuned = fine_tune(&self.model, start.as_deref(), device, &train_crops, identities.len(), &schedule, &checkpoints, &mut |steps| {
-            progress.add((steps - done) as u64);
-            done = steps;
-        })?;
-        progress.finish();
+        let checkpoints = ctx.checkpoints();
+        let tuned =
+            fine_tune(&self.model, start.as_deref(), device, &train_crops, identities.len(), &schedule, &checkpoints, ctx.progress(schedule.steps(), "steps"))?;
         if let Some(epoch) = tuned.resumed_after {
             ctx.log(&format!("resumed after epoch {epoch} from {}", checkpoints.url()));
         }

@@ -126,3 +126,40 @@ print("ok")
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// End-to-end fine-tuning stopped after its first epoch continues from that epoch's checkpoint
+/// and ends exactly where an uninterrupted run ends: the same losses, the same weights.
+#[test]
+fn a_stopped_fine_tune_continues_from_its_last_checkpoint() {
+    use cloakbench::io::Location;
+    use cloakbench::learn::crops::Crops;
+    use cloakbench::learn::finetune::{Schedule, fine_tune};
+    use cloakbench::progress::Progress;
+    use tch::{Device, Kind, Tensor};
+
+    tch::manual_seed(7);
+    let n = 8;
+    let crops = Crops {
+        ids: (0..n).map(|i| format!("face-{i}")).collect(),
+        pixels: Tensor::randint(256, [n as i64, 3, 150, 150], (Kind::Uint8, Device::Cpu)),
+        labels: (0..n).map(|i| i % 2).collect(),
+    };
+    let schedule = |epochs| Schedule { epochs, steps_per_epoch: 2, batch_size: 4, ..Schedule::cpu() };
+    let dir = scratch("finetune-resume");
+    let train = |epochs, folder: &str| {
+        std::fs::create_dir_all(dir.join(folder)).unwrap();
+        let checkpoints = Location::open(dir.join(folder).to_str().unwrap()).unwrap();
+        let progress = Progress::new("finetune", schedule(epochs).steps(), "steps", true);
+        fine_tune("dlib_resnet29_150", None, Device::Cpu, &crops, 2, &schedule(epochs), &checkpoints, progress).unwrap()
+    };
+
+    let straight = train(2, "straight");
+    assert_eq!(straight.resumed_after, None);
+    let first = train(1, "stopped");
+    assert_eq!(first.losses.len(), 1);
+    let resumed = train(2, "stopped");
+    assert_eq!(resumed.resumed_after, Some(0), "the second run did not resume from the first epoch's checkpoint");
+    assert_eq!(resumed.losses, straight.losses, "the resumed run trained differently");
+    assert!(resumed.network_weights().unwrap() == straight.network_weights().unwrap(), "the resumed run's weights differ");
+    std::fs::remove_dir_all(dir).ok();
+}
