@@ -118,7 +118,7 @@ enum Command {
         /// Run the method's whole schedule, as the original tool does. By default, with Fawkes
         /// mid and high, each picture stops once its cloak has converged within its budget
         /// (README, "Stopping at convergence": the same protection in fewer steps); the other
-        /// cloaks always run their whole schedule (stopping cut them short).
+        /// cloaks always run their whole schedule (stopping was not shown to keep their protection).
         #[arg(long)]
         fixed_schedule: bool,
         /// auto, cpu, cuda or cuda:N.

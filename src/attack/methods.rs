@@ -51,8 +51,9 @@ impl Method {
 
     /// Whether stopping at convergence ([`super::engine::Convergence::DEFAULT`]) was measured to
     /// keep this cloak's protection: Fawkes high (facescrub12) and mid (lfw158). On lfw158 it
-    /// stopped Fawkes low after 18 of its 40 steps and anticluster after 14 of 100, leaving
-    /// neither any protection (README, "The other cloaks, measured"); LowKey was not measured.
+    /// stopped anticluster after 14 of 100 steps with no protection left, where the whole
+    /// schedule protects fully; Fawkes low protected there at neither length, and LowKey was not
+    /// measured (README, "The other cloaks, measured").
     pub fn converges_safely(self, mode: &str) -> bool {
         matches!((self, mode), (Method::Fawkes, "high" | "mid"))
     }

@@ -66,7 +66,7 @@ pub fn run(req: &Request) -> Result<ExitCode> {
     let settings = Settings { min_face_size: 30.0, ..Settings::default() };
     info(req.quiet, &format!("cloak: {} pictures, {} {mode}, ensemble {ensemble:?}", pictures.len(), req.method.name()));
     if req.early_stop && !stops_early {
-        info(req.quiet, &format!("cloak: {} {mode} runs its whole schedule (stopping at convergence cut it short, without protection)", req.method.name()));
+        info(req.quiet, &format!("cloak: {} {mode} runs its whole schedule (stopping at convergence was not shown to keep its protection)", req.method.name()));
     }
     let mut progress = Progress::new("cloak", pictures.len() as u64, "pictures", req.quiet);
     let (mut with_faces, mut failures) = (0, 0);
