@@ -106,9 +106,13 @@ enum Command {
         /// Look into sub-folders too.
         #[arg(long)]
         recursive: bool,
-        /// Pictures optimised together.
+        /// Pictures cloaked together (read, optimised and written as one batch).
         #[arg(long, default_value_t = 4)]
         batch_size: usize,
+        /// Pictures optimised at once, when fewer than --batch-size: each picture that
+        /// converges makes room for the next of its batch, so the optimised batch stays full.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        in_flight: Option<u64>,
         /// Bound on the pixels optimised at once (pictures x height x width of their faces'
         /// regions): what memory follows.
         #[arg(long, default_value_t = crate::attack::engine::DEFAULT_MAX_BATCH_PIXELS, value_parser = clap::value_parser!(i64).range(1..))]
@@ -312,6 +316,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             out,
             recursive,
             batch_size,
+            in_flight,
             max_batch_pixels,
             seed,
             fixed_schedule,
@@ -334,6 +339,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 out,
                 recursive,
                 batch_size,
+                in_flight: in_flight.map(|n| n as usize),
                 max_batch_pixels,
                 seed,
                 early_stop: !fixed_schedule,

@@ -24,6 +24,8 @@ pub struct Cloaker {
     stop: Option<Convergence>,
     /// Bound on the pixels optimised at once (see the engine).
     max_batch_pixels: i64,
+    /// Pictures optimised at once (see the engine); None: every picture of a call.
+    in_flight: Option<usize>,
     ensemble: Vec<(Box<dyn FaceModel>, Alignment)>,
     /// The perceptual metric of methods with a perceptual budget, when its weights are installed.
     lpips: Option<LpipsAlex>,
@@ -67,6 +69,7 @@ impl Cloaker {
             steps: None,
             stop: None,
             max_batch_pixels,
+            in_flight: None,
             ensemble: load_with_alignment(ensemble, device)?,
             lpips,
             device,
@@ -93,6 +96,13 @@ impl Cloaker {
     /// Optimises at most `pixels` pixels at once (pictures x padded height x width).
     pub fn with_max_batch_pixels(mut self, pixels: i64) -> Cloaker {
         self.max_batch_pixels = pixels.max(1);
+        self
+    }
+
+    /// Optimises at most `pictures` pictures at once: a call's other pictures wait, and each
+    /// picture that finishes makes room for the next (None: all of a call's pictures at once).
+    pub fn with_in_flight(mut self, pictures: Option<usize>) -> Cloaker {
+        self.in_flight = pictures.map(|p| p.max(1));
         self
     }
 
@@ -129,6 +139,7 @@ impl Cloaker {
         config.steps = self.steps();
         config.stop = self.stop;
         config.max_batch_pixels = self.max_batch_pixels;
+        config.in_flight = self.in_flight;
         let faceless = targets.iter().all(|t| t.faces.is_empty());
         config.objective.goal = match self.method {
             _ if faceless => Goal::Away,

@@ -21,7 +21,11 @@
 //! The schedule is fixed (the method's number of steps, as the original tools run it) unless
 //! the configuration asks to stop at convergence ([`Convergence`]): then a picture whose kept
 //! iterate respects the budget and has gained less than a tolerance over a window of steps
-//! stops changing, and the batch ends once all its pictures have.
+//! stops changing, and the batch ends once all its pictures have. Later steps compute only the
+//! pictures still optimised. With `in_flight` set below the number of pictures of similar sizes
+//! a call brings, the batch has that many slots and the pictures stream through it: a picture
+//! that finishes hands its slot to the next waiting one (fresh optimiser state, learning rate
+//! and step count), so the batch stays full while pictures stop at different steps.
 //!
 //! Memory follows the pixels optimised, so the loop works on each picture's **face region**: the
 //! smallest rectangle that holds every pixel any crop of any face samples (with a margin),
@@ -152,6 +156,10 @@ pub struct AttackConfig {
     pub seed: i64,
     /// Bound on batch x padded height x padded width of one optimised batch.
     pub max_batch_pixels: i64,
+    /// Pictures optimised at once (None: every picture of a batch). When a call brings more
+    /// pictures of similar sizes than this, they stream through the batch: a picture that
+    /// finishes (its schedule run, or converged) makes room for the next waiting one.
+    pub in_flight: Option<usize>,
 }
 
 /// The default pixel budget of one optimised batch: 4 megapixels (64 LFW pictures, or one
@@ -221,12 +229,14 @@ pub struct Profile {
     pub phases: Vec<(&'static str, f64)>,
     /// Picture-steps timed (pictures x steps, summed over batches).
     pub picture_steps: usize,
+    /// Steps of the optimised batch, each over the pictures then in flight.
+    pub batch_steps: usize,
 }
 
 impl Profile {
     /// No time yet in any of the step's phases.
     pub fn new() -> Profile {
-        Profile { phases: PHASES.iter().map(|&p| (p, 0.0)).collect(), picture_steps: 0 }
+        Profile { phases: PHASES.iter().map(|&p| (p, 0.0)).collect(), picture_steps: 0, batch_steps: 0 }
     }
 
     /// Seconds charged to `phase`.
@@ -240,6 +250,7 @@ impl Profile {
             *seconds += other.seconds(name);
         }
         self.picture_steps += other.picture_steps;
+        self.batch_steps += other.batch_steps;
     }
 }
 
@@ -290,9 +301,11 @@ impl Clock {
         }
     }
 
+    /// Counts a step of `pictures` pictures.
     fn count(&mut self, pictures: usize) {
         if let Some(p) = &mut self.profile {
             p.picture_steps += pictures;
+            p.batch_steps += 1;
         }
     }
 
@@ -328,10 +341,10 @@ impl Attack<'_> {
         let regions: Vec<Region> = targets.iter().map(|t| Region::to_work_on(t, &crops, confined, config.max_batch_pixels)).collect();
         let views: Vec<Target> = targets.iter().zip(&regions).map(|(t, r)| r.view(t)).collect();
         let mut out: Vec<Option<Cloaked>> = targets.iter().map(|_| None).collect();
-        for group in pixel_groups(&views, config.max_batch_pixels) {
+        for group in pixel_groups(&views, config.max_batch_pixels, config.in_flight.unwrap_or(usize::MAX)) {
             let batch: Vec<Target> = group.iter().map(|&i| Target { pixels: views[i].pixels.shallow_clone(), faces: views[i].faces.clone() }).collect();
             let points = goal_points(config, targets, &group, self.device)?;
-            for (&i, cloaked) in group.iter().zip(self.run_batch(&batch, points, clock)?) {
+            for (&i, cloaked) in group.iter().zip(self.run_stream(&batch, points, clock)?) {
                 out[i] = Some(regions[i].paste(&targets[i], cloaked));
             }
         }
@@ -418,9 +431,10 @@ impl Region {
     }
 }
 
-/// Batches of picture indices, similar sizes together, each with at most `budget` pixels once
-/// padded (count x largest height x largest width); a picture over the budget goes alone.
-fn pixel_groups(targets: &[Target], budget: i64) -> Vec<Vec<usize>> {
+/// Streams of picture indices, similar sizes together, each with at most `budget` pixels in
+/// flight once padded (pictures in flight, at most `in_flight`, x largest height x largest
+/// width); a picture over the budget goes alone.
+fn pixel_groups(targets: &[Target], budget: i64, in_flight: usize) -> Vec<Vec<usize>> {
     let size = |i: usize| {
         let s = targets[i].pixels.size();
         (s[1], s[2])
@@ -432,7 +446,7 @@ fn pixel_groups(targets: &[Target], budget: i64) -> Vec<Vec<usize>> {
     for i in order {
         let (h, w) = size(i);
         match groups.last_mut() {
-            Some(g) if (g.len() as i64 + 1) * hmax.max(h) * wmax.max(w) <= budget => {
+            Some(g) if (g.len() + 1).min(in_flight) as i64 * hmax.max(h) * wmax.max(w) <= budget => {
                 g.push(i);
                 (hmax, wmax) = (hmax.max(h), wmax.max(w));
             }
@@ -449,9 +463,10 @@ fn pixel_groups(targets: &[Target], budget: i64) -> Vec<Vec<usize>> {
 }
 
 impl<'a> Attack<'a> {
-    /// [`run`] on one batch of regions.
-    /// `points` are a `toward` goal's, one row per face of the batch ([`goal_points`]).
-    fn run_batch(&self, targets: &[Target], points: Vec<Tensor>, clock: &mut Clock) -> Result<Vec<Cloaked>> {
+    /// [`run`] on one stream of regions of similar sizes: at most `in_flight` of them are
+    /// optimised at once (all of them by default), and each that finishes makes room for the
+    /// next. `points` are a `toward` goal's, one row per face of the stream ([`goal_points`]).
+    fn run_stream(&self, targets: &[Target], points: Vec<Tensor>, clock: &mut Clock) -> Result<Vec<Cloaked>> {
         let Attack { config, device, .. } = *self;
         if targets.iter().all(|t| t.faces.is_empty()) {
             return Ok(unchanged(targets));
@@ -460,72 +475,102 @@ impl<'a> Attack<'a> {
         let (x0, sizes) = pad_batch(targets, device);
         let faces: Vec<BatchFace> =
             targets.iter().zip(&sizes).enumerate().flat_map(|(b, (t, size))| t.faces.iter().map(move |f| (b as i64, *f, *size))).collect();
-        let n = targets.len() as i64;
         let whole = self.working_set(&faces, &x0, points)?;
-        let mut narrowed: Option<Working> = None;
-        let mut state = State::new(config, &x0, device);
-        let mut weight = Tensor::ones([n], (Kind::Float, device)); // Fawkes' c_diff per picture
-        let mut best = Best::new(&x0);
-        let mut progress = Progress::new(targets, config.stop, device);
+        let in_flight = if self.narrow { config.in_flight } else { None }; // refilling needs narrowing
+        let mut batch = InFlight::new(config, targets, in_flight, &x0, device);
+        let mut out: Vec<Option<Cloaked>> = (0..targets.len()).map(|p| targets[p].faces.is_empty().then(|| unchanged_one(&targets[p]))).collect();
+        // The whole stream's working set serves as long as the slots hold pictures 0..n.
+        let mut narrowed: Option<Working> = (!batch.holds_all(targets.len())).then(|| whole.narrowed(self, &faces, &batch.members(false), batch.held.len()));
         clock.reset();
-        for step in 0..config.steps {
-            if !progress.goes_on(step, &best, best_limit(config)) {
-                break;
+        loop {
+            let done = batch.progress.done(&batch.best, best_limit(config));
+            if !done.is_empty() {
+                let refilled: Vec<usize> = done.iter().copied().take(batch.waiting.len()).collect();
+                if !refilled.is_empty() {
+                    for (p, cloaked) in self.finish(&mut batch, &whole, &faces, &refilled, &sizes)? {
+                        out[p] = Some(cloaked);
+                    }
+                    for &slot in &refilled {
+                        batch.enter(slot, &x0);
+                    }
+                }
+                if !batch.progress.any_active() {
+                    break;
+                }
+                if self.narrow {
+                    // Later steps cost what the pictures still optimised cost, not the whole batch.
+                    narrowed = Some(whole.narrowed(self, &faces, &batch.members(true), batch.held.len()));
+                }
             }
-            if progress.just_stopped && self.narrow {
-                // Later steps cost what the pictures still optimised cost, not the whole batch.
-                narrowed = Some(whole.narrowed(self, &faces, &progress.active_pictures()));
-            }
+            batch.progress.start_step();
             let working = narrowed.as_ref().unwrap_or(&whole);
             clock.count(working.n as usize);
-            let x = working.select(&state.pixels());
-            let picture_weight = working.select(&weight);
-            let (feature, picture_dssim, loss) = working.objective(self, &x, &picture_weight, clock)?;
-            clock.lap("objective");
-            state.backward(&loss);
-            clock.lap("backward");
-            state.update(step, config, progress.moving.as_ref());
-            clock.lap("update");
-            tch::no_grad(|| {
-                best.record(config, working.pictures.as_ref(), &x, &feature, &picture_dssim);
-                if let Some(b) = config.budget.dssim.filter(|b| b.adaptive) {
-                    weight = working.put(&weight, &adapt_weight(&picture_weight, &picture_dssim, b.threshold));
-                }
-            });
-            clock.lap("best");
+            self.step(&mut batch, working, clock)?;
         }
-        // The last iterate of every picture counts too (a stopped picture's last update has
-        // not been looked at since).
+        // The last iterate of every picture still in a slot counts too (a finished picture's
+        // last update has not been looked at since).
+        let every_slot: Vec<usize> = (0..batch.held.len()).collect();
+        for (p, cloaked) in self.finish(&mut batch, &whole, &faces, &every_slot, &sizes)? {
+            out[p] = Some(cloaked);
+        }
+        Ok(out.into_iter().map(|c| c.expect("every picture of the stream is finished")).collect())
+    }
+
+    /// One optimisation step of the pictures in `working`'s slots.
+    fn step(&self, batch: &mut InFlight, working: &Working, clock: &mut Clock) -> Result<()> {
+        let config = self.config;
+        let x = working.select(&batch.state.pixels());
+        let picture_weight = working.select(&batch.weight);
+        let (feature, picture_dssim, loss) = working.objective(self, &x, &picture_weight, clock)?;
+        clock.lap("objective");
+        batch.state.backward(&loss);
+        clock.lap("backward");
+        let taken: Vec<usize> = batch.progress.steps.iter().map(|s| s.saturating_sub(1)).collect();
+        batch.state.update(&taken, config, batch.progress.moving.as_ref());
+        clock.lap("update");
+        tch::no_grad(|| {
+            batch.best.record(config, working.rows.as_ref(), &x, &feature, &picture_dssim);
+            if let Some(b) = config.budget.dssim.filter(|b| b.adaptive) {
+                batch.weight = working.put(&batch.weight, &adapt_weight(&picture_weight, &picture_dssim, b.threshold));
+            }
+        });
+        clock.lap("best");
+        Ok(())
+    }
+
+    /// The cloaks of the pictures in `slots`, once their last iterate is recorded: (the
+    /// stream's picture, its cloak).
+    fn finish(&self, batch: &mut InFlight, whole: &Working<'a>, faces: &[BatchFace], slots: &[usize], sizes: &[[i64; 2]]) -> Result<Vec<(usize, Cloaked)>> {
+        let config = self.config;
+        let members: Vec<(usize, usize)> = slots.iter().map(|&s| (s, batch.held[s])).collect();
+        let part = (!batch.holds_all(sizes.len()) || slots.len() < batch.held.len()).then(|| whole.narrowed(self, faces, &members, batch.held.len()));
+        let working = part.as_ref().unwrap_or(whole);
         tch::no_grad(|| -> Result<()> {
-            let x = state.pixels();
-            let feature = whole.feature(self, &x, &mut Clock::off())?;
-            let d = whole.dssim(&x);
-            best.record(config, None, &x, &feature, &d);
+            let x = working.select(&batch.state.pixels());
+            let feature = working.feature(self, &x, &mut Clock::off())?;
+            let d = working.dssim(&x);
+            batch.best.record(config, working.rows.as_ref(), &x, &feature, &d);
             Ok(())
         })?;
-        let (best_feature, best_dssim) = best.figures();
-        let best_x = best.x;
+        let (best_feature, best_dssim) = batch.best.figures();
         let limit = best_limit(config);
-        Ok(targets
-            .iter()
-            .enumerate()
-            .map(|(b, t)| {
-                let [h, w] = sizes[b];
-                if t.faces.is_empty() {
-                    return Cloaked { pixels: t.pixels.shallow_clone(), dssim: 0.0, feature_term: 0.0, within_budget: true, steps: 0 };
-                }
-                Cloaked {
-                    pixels: best_x.get(b as i64).narrow(1, 0, h).narrow(2, 0, w).to_device(Device::Cpu),
-                    dssim: best_dssim[b],
-                    feature_term: best_feature[b],
-                    within_budget: best_dssim[b] <= limit,
-                    steps: progress.steps[b],
-                }
+        Ok(members
+            .into_iter()
+            .map(|(s, p)| {
+                let [h, w] = sizes[p];
+                let cloaked = Cloaked {
+                    pixels: batch.best.x.get(s as i64).narrow(1, 0, h).narrow(2, 0, w).to_device(Device::Cpu).copy(),
+                    dssim: best_dssim[s],
+                    feature_term: best_feature[s],
+                    within_budget: best_dssim[s] <= limit,
+                    steps: batch.progress.steps[s],
+                };
+                (p, cloaked)
             })
             .collect())
     }
 
-    /// The whole batch's working set: crop plans, and what the originals give once.
+    /// The whole stream's working set: crop plans, and what the originals give once.
     fn working_set(&self, faces: &[BatchFace], x0: &Tensor, points: Vec<Tensor>) -> Result<Working<'a>> {
         let Attack { config, ensemble, lpips, device, .. } = *self;
         let plans: Vec<CropPlan> = ensemble.iter().map(|m| CropPlan::new(m.alignment, faces, &x0.size(), device)).collect();
@@ -535,19 +580,84 @@ impl<'a> Attack<'a> {
         // The originals' side of LPIPS does not change between steps: computed once.
         let lpips = lpips.filter(|_| config.budget.perceptual.is_some()).map(|net| tch::no_grad(|| (net, net.reference(&budget_x0), net.reference(x0))));
         let face_picture = Tensor::from_slice(&faces.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device);
-        Ok(Working { pictures: None, n: x0.size()[0], face_picture, plans, budget_crop, original, points, budget_x0, x0: x0.shallow_clone(), lpips })
+        Ok(Working { rows: None, n: x0.size()[0], face_picture, plans, budget_crop, original, points, budget_x0, x0: x0.shallow_clone(), lpips })
     }
 }
 
-/// A face of a batch: its picture's index in the batch, its geometry, that picture's [h, w].
+/// The optimised batch: a slot per picture in flight with its optimiser state, kept iterate,
+/// Fawkes weight and progress, and the stream's pictures still waiting for a slot.
+struct InFlight {
+    /// The stream's picture each slot holds.
+    held: Vec<usize>,
+    waiting: std::collections::VecDeque<usize>,
+    state: State,
+    best: Best,
+    /// Fawkes' c_diff per slot.
+    weight: Tensor,
+    progress: Progress,
+}
+
+impl InFlight {
+    /// Every picture of the stream in a slot of its own (as a batch always was, faceless ones
+    /// included) unless `in_flight` is fewer: then the first that many pictures with faces.
+    fn new(config: &AttackConfig, targets: &[Target], in_flight: Option<usize>, x0: &Tensor, device: Device) -> InFlight {
+        let n = targets.len();
+        let with_faces: Vec<usize> = (0..n).filter(|&p| !targets[p].faces.is_empty()).collect();
+        let (held, waiting): (Vec<usize>, Vec<usize>) = match in_flight {
+            Some(k) if k < with_faces.len() => (with_faces[..k.max(1)].to_vec(), with_faces[k.max(1)..].to_vec()),
+            Some(k) if k < n => (with_faces, vec![]),
+            _ => ((0..n).collect(), vec![]),
+        };
+        let x0_held = if held.len() == n { x0.shallow_clone() } else { x0.index_select(0, &picture_index(&held, device)) };
+        let holds_faces = held.iter().map(|&p| !targets[p].faces.is_empty()).collect();
+        InFlight {
+            state: State::new(config, &x0_held, device),
+            best: Best::new(&x0_held),
+            weight: Tensor::ones([held.len() as i64], (Kind::Float, device)),
+            progress: Progress::new(holds_faces, config, device),
+            held,
+            waiting: waiting.into(),
+        }
+    }
+
+    /// Whether slot k holds picture k for every picture of an `n`-picture stream.
+    fn holds_all(&self, n: usize) -> bool {
+        self.held.len() == n && self.held.iter().enumerate().all(|(s, &p)| s == p)
+    }
+
+    /// (slot, picture) of every slot, or of the slots still optimised.
+    fn members(&self, active_only: bool) -> Vec<(usize, usize)> {
+        self.held.iter().copied().enumerate().filter(|&(s, _)| !active_only || self.progress.active[s]).collect()
+    }
+
+    /// Puts the next waiting picture into `slot`, from its original pixels (`x0`, the stream's).
+    fn enter(&mut self, slot: usize, x0: &Tensor) {
+        let picture = self.waiting.pop_front().expect("a waiting picture");
+        let device = x0.device();
+        let original = x0.index_select(0, &picture_index(&[picture], device));
+        let rows = picture_index(&[slot], device);
+        self.state.enter(&rows, &original);
+        self.best.enter(&rows, &original);
+        self.weight = self.weight.index_fill(0, &rows, 1.0);
+        self.progress.enter(slot);
+        self.held[slot] = picture;
+    }
+}
+
+fn picture_index(pictures: &[usize], device: Device) -> Tensor {
+    Tensor::from_slice(&pictures.iter().map(|&p| p as i64).collect::<Vec<_>>()).to_device(device)
+}
+
+/// A face of a stream: its picture's index in the stream, its geometry, that picture's [h, w].
 type BatchFace = (i64, FaceGeometry, [i64; 2]);
 
-/// What a step computes on: some pictures of a batch (all of them at first, those still
-/// optimised once some have stopped), their faces, and what was computed once of their
-/// originals, indexed rather than recomputed when the set narrows.
+/// What a step computes on: some pictures of a stream (all of them at first, those in flight
+/// once some have finished or the stream is larger than the batch), their faces, and what was
+/// computed once of their originals, indexed rather than recomputed when the set changes.
 struct Working<'a> {
-    /// The batch's indices of the pictures in the set; None when it is the whole batch.
-    pictures: Option<Tensor>,
+    /// The batch's slots of the pictures in the set, in the set's order; None when the set is
+    /// every slot, in order.
+    rows: Option<Tensor>,
     n: i64,
     /// Per face, its picture's position in the set.
     face_picture: Tensor,
@@ -564,38 +674,40 @@ struct Working<'a> {
 }
 
 impl<'a> Working<'a> {
-    /// The set of the batch's pictures `keep` (in order), from the whole batch's set.
-    fn narrowed(&self, attack: &Attack<'a>, faces: &[BatchFace], keep: &[usize]) -> Working<'a> {
+    /// The set of `members` ((slot, the stream's picture), slots in order) of a batch of
+    /// `slots` slots, from the whole stream's set.
+    fn narrowed(&self, attack: &Attack<'a>, faces: &[BatchFace], members: &[(usize, usize)], slots: usize) -> Working<'a> {
         let device = attack.device;
-        let position: std::collections::HashMap<i64, i64> = keep.iter().enumerate().map(|(p, &b)| (b as i64, p as i64)).collect();
-        let (rows, kept): (Vec<i64>, Vec<BatchFace>) =
+        let position: std::collections::HashMap<i64, i64> = members.iter().enumerate().map(|(i, &(_, p))| (p as i64, i as i64)).collect();
+        let (face_rows, kept): (Vec<i64>, Vec<BatchFace>) =
             faces.iter().enumerate().filter_map(|(i, &(b, f, size))| position.get(&b).map(|&p| (i as i64, (p, f, size)))).unzip();
-        let pictures = Tensor::from_slice(&keep.iter().map(|&b| b as i64).collect::<Vec<_>>()).to_device(device);
-        let rows = Tensor::from_slice(&rows).to_device(device);
+        let pictures = picture_index(&members.iter().map(|m| m.1).collect::<Vec<_>>(), device);
+        let face_rows = Tensor::from_slice(&face_rows).to_device(device);
         let mut size = self.x0.size();
-        size[0] = keep.len() as i64;
+        size[0] = members.len() as i64;
+        let every_slot = members.len() == slots;
         Working {
             n: size[0],
             face_picture: Tensor::from_slice(&kept.iter().map(|f| f.0).collect::<Vec<_>>()).to_device(device),
             plans: attack.ensemble.iter().map(|m| CropPlan::new(m.alignment, &kept, &size, device)).collect(),
             budget_crop: CropPlan::new(BUDGET_CROP, &kept, &size, device),
-            original: self.original.iter().map(|e| e.index_select(0, &rows)).collect(),
-            points: self.points.iter().map(|p| p.index_select(0, &rows)).collect(),
-            budget_x0: self.budget_x0.index_select(0, &rows),
+            original: self.original.iter().map(|e| e.index_select(0, &face_rows)).collect(),
+            points: self.points.iter().map(|p| p.index_select(0, &face_rows)).collect(),
+            budget_x0: self.budget_x0.index_select(0, &face_rows),
             x0: self.x0.index_select(0, &pictures),
-            lpips: self.lpips.as_ref().map(|(net, faces, whole)| (*net, faces.select(&rows), whole.select(&pictures))),
-            pictures: Some(pictures),
+            lpips: self.lpips.as_ref().map(|(net, faces, whole)| (*net, faces.select(&face_rows), whole.select(&pictures))),
+            rows: (!every_slot).then(|| picture_index(&members.iter().map(|m| m.0).collect::<Vec<_>>(), device)),
         }
     }
 
-    /// The set's rows of a per-picture tensor of the whole batch.
+    /// The set's rows of a per-slot tensor of the batch.
     fn select(&self, whole: &Tensor) -> Tensor {
-        self.pictures.as_ref().map_or_else(|| whole.shallow_clone(), |p| whole.index_select(0, p))
+        self.rows.as_ref().map_or_else(|| whole.shallow_clone(), |r| whole.index_select(0, r))
     }
 
-    /// `whole` with the set's rows replaced by `part`.
+    /// `whole` (per slot) with the set's rows replaced by `part`.
     fn put(&self, whole: &Tensor, part: &Tensor) -> Tensor {
-        self.pictures.as_ref().map_or_else(|| part.shallow_clone(), |p| whole.index_copy(0, p, part))
+        self.rows.as_ref().map_or_else(|| part.shallow_clone(), |r| whole.index_copy(0, r, part))
     }
 
     /// Per picture of the set: the feature term over its faces.
@@ -633,7 +745,11 @@ impl<'a> Working<'a> {
 }
 
 fn unchanged(targets: &[Target]) -> Vec<Cloaked> {
-    targets.iter().map(|t| Cloaked { pixels: t.pixels.shallow_clone(), dssim: 0.0, feature_term: 0.0, within_budget: true, steps: 0 }).collect()
+    targets.iter().map(unchanged_one).collect()
+}
+
+fn unchanged_one(target: &Target) -> Cloaked {
+    Cloaked { pixels: target.pixels.shallow_clone(), dssim: 0.0, feature_term: 0.0, within_budget: true, steps: 0 }
 }
 
 /// The DSSIM an iterate may reach and still count as within budget (infinite without one).
@@ -644,67 +760,86 @@ fn best_limit(config: &AttackConfig) -> f64 {
     }
 }
 
-/// Which pictures of a batch are still optimised, and how many steps each took.
+/// Which slots of a batch are still optimised, and how many steps each slot's picture took.
 struct Progress {
     stop: Option<Convergence>,
-    /// Pictures still optimised (faceless ones never are).
+    /// The schedule's steps: the most a picture gets.
+    schedule: usize,
+    /// Slots whose picture is still optimised (faceless pictures never are).
     active: Vec<bool>,
-    /// [B, 1, 1, 1] boolean mask of the pictures still optimised, once some picture has stopped.
+    /// [B, 1, 1, 1] boolean mask of the slots still optimised, once the set has changed.
     moving: Option<Tensor>,
-    /// Kept feature term per picture at the last check.
+    /// Kept feature term per slot at its picture's last check.
     at_check: Vec<f64>,
-    /// Whether the last call to `goes_on` stopped some picture (only a check step can).
-    just_stopped: bool,
+    /// Steps taken by each slot's picture.
     steps: Vec<usize>,
+    /// Whether the set of active slots changed since the last step.
+    changed: bool,
     device: Device,
 }
 
 impl Progress {
-    fn new(targets: &[Target], stop: Option<Convergence>, device: Device) -> Progress {
-        let n = targets.len();
+    fn new(holds_faces: Vec<bool>, config: &AttackConfig, device: Device) -> Progress {
+        let n = holds_faces.len();
         Progress {
-            stop,
-            active: targets.iter().map(|t| !t.faces.is_empty()).collect(),
+            stop: config.stop,
+            schedule: config.steps,
+            active: holds_faces,
             moving: None,
             at_check: vec![f64::NAN; n],
-            just_stopped: false,
             steps: vec![0; n],
+            changed: false,
             device,
         }
     }
 
-    /// Whether step `step` runs; at the end of each window, stops the pictures that converged
-    /// (kept iterate within `limit` and gaining less than the tolerance since the last check).
-    fn goes_on(&mut self, step: usize, best: &Best, limit: f64) -> bool {
-        self.just_stopped = false;
-        if let Some(c) = self.stop
-            && step > 0
-            && step.is_multiple_of(c.window.max(1))
-        {
-            let (feature, dssim) = best.figures();
-            let mut stopped = false;
-            for b in 0..self.active.len() {
-                let gain = (feature[b] - self.at_check[b]) / self.at_check[b].abs().max(1e-12);
-                if self.active[b] && dssim[b] <= limit && gain < c.tolerance {
-                    self.active[b] = false;
-                    stopped = true;
+    /// Before a step: the slots whose picture is done, its schedule run or converged (checked
+    /// at the end of each of its windows: kept iterate within `limit` and gaining less than
+    /// the tolerance since its last check). They are no longer active.
+    fn done(&mut self, best: &Best, limit: f64) -> Vec<usize> {
+        let mut done: Vec<usize> = (0..self.active.len()).filter(|&s| self.active[s] && self.steps[s] >= self.schedule).collect();
+        if let Some(c) = self.stop {
+            let window = c.window.max(1);
+            let due: Vec<usize> = (0..self.active.len())
+                .filter(|&s| self.active[s] && self.steps[s] > 0 && self.steps[s] < self.schedule && self.steps[s].is_multiple_of(window))
+                .collect();
+            if !due.is_empty() {
+                let (feature, dssim) = best.figures();
+                for s in due {
+                    let gain = (feature[s] - self.at_check[s]) / self.at_check[s].abs().max(1e-12);
+                    if dssim[s] <= limit && gain < c.tolerance {
+                        done.push(s);
+                    }
+                    self.at_check[s] = feature[s];
                 }
-                self.at_check[b] = feature[b];
             }
-            if stopped {
-                self.moving = Some(Tensor::from_slice(&self.active).view([-1, 1, 1, 1]).to_device(self.device));
-            }
-            self.just_stopped = stopped;
+        }
+        done.sort_unstable();
+        for &s in &done {
+            self.active[s] = false;
+        }
+        self.changed |= !done.is_empty();
+        done
+    }
+
+    /// A new picture in `slot`, from its first step.
+    fn enter(&mut self, slot: usize) {
+        (self.active[slot], self.steps[slot], self.at_check[slot]) = (true, 0, f64::NAN);
+        self.changed = true;
+    }
+
+    fn any_active(&self) -> bool {
+        self.active.iter().any(|&a| a)
+    }
+
+    /// Counts the step about to run for every active slot.
+    fn start_step(&mut self) {
+        if std::mem::take(&mut self.changed) {
+            self.moving = Some(Tensor::from_slice(&self.active).view([-1, 1, 1, 1]).to_device(self.device));
         }
         for (s, _) in self.steps.iter_mut().zip(&self.active).filter(|(_, a)| **a) {
             *s += 1;
         }
-        self.active.iter().any(|&a| a)
-    }
-
-    /// The batch's indices of the pictures still optimised.
-    fn active_pictures(&self) -> Vec<usize> {
-        self.active.iter().enumerate().filter(|(_, a)| **a).map(|(b, _)| b).collect()
     }
 }
 
@@ -827,6 +962,13 @@ impl Best {
         self.dssim = put(&self.dssim, d.where_self(&better, &kept_dssim));
     }
 
+    /// Forgets slot `rows`' kept iterate: a new picture, `original`, starts there.
+    fn enter(&mut self, rows: &Tensor, original: &Tensor) {
+        self.x = self.x.index_copy(0, rows, original);
+        self.feature = self.feature.index_fill(0, rows, f64::NEG_INFINITY);
+        self.dssim = self.dssim.index_fill(0, rows, f64::INFINITY);
+    }
+
     fn figures(&self) -> (Vec<f64>, Vec<f64>) {
         let read = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu)).expect("f64");
         (read(&self.feature), read(&self.dssim))
@@ -850,24 +992,57 @@ fn gaussian_blur(x: &Tensor, kernel: i64, sigma: f64) -> Tensor {
     )
 }
 
-/// The optimised variable and the optimiser's memory.
+/// The optimised variable and the optimiser's memory, a row per slot.
 struct State {
     variable: Tensor,
     x0: Tensor,
     /// tanh parameterisation: atanh of the original, so x = 255 (tanh(w0 + v) + 1) / 2.
     w0: Option<Tensor>,
     moments: (Tensor, Tensor),
-    lr_scale: f64,
+    /// Per slot: the learning rate's decay so far.
+    lr_scale: Vec<f64>,
+    init_noise: f64,
+    parameterisation: Parameterisation,
 }
 
 impl State {
     fn new(config: &AttackConfig, x0: &Tensor, _device: Device) -> State {
-        let noise = (x0.rand_like() * 2.0 - 1.0) * config.init_noise;
-        let (variable, w0) = match config.parameterisation {
+        let (variable, w0) = State::start(config.parameterisation, config.init_noise, x0);
+        State {
+            variable: variable.set_requires_grad(true),
+            x0: x0.shallow_clone(),
+            w0,
+            moments: (x0.zeros_like(), x0.zeros_like()),
+            lr_scale: vec![1.0; x0.size()[0] as usize],
+            init_noise: config.init_noise,
+            parameterisation: config.parameterisation,
+        }
+    }
+
+    /// The variable's start (the original plus uniform noise) and, for tanh, w0.
+    fn start(parameterisation: Parameterisation, init_noise: f64, x0: &Tensor) -> (Tensor, Option<Tensor>) {
+        let noise = (x0.rand_like() * 2.0 - 1.0) * init_noise;
+        match parameterisation {
             Parameterisation::Direct => ((x0 + noise).clamp(0.0, 255.0), None),
             Parameterisation::Tanh => (noise, Some((x0 / 127.5 - 1.0).clamp(-1.0 + 1e-6, 1.0 - 1e-6).atanh())),
-        };
-        State { variable: variable.set_requires_grad(true), x0: x0.shallow_clone(), w0, moments: (x0.zeros_like(), x0.zeros_like()), lr_scale: 1.0 }
+        }
+    }
+
+    /// Starts the picture `original` ([1, 3, H, W]) afresh in the slot `rows` ([1]).
+    fn enter(&mut self, rows: &Tensor, original: &Tensor) {
+        let (variable, w0) = State::start(self.parameterisation, self.init_noise, original);
+        tch::no_grad(|| {
+            let _ = self.variable.index_copy_(0, rows, &variable);
+        });
+        self.x0 = self.x0.index_copy(0, rows, original);
+        if let (Some(all), Some(one)) = (&self.w0, &w0) {
+            self.w0 = Some(all.index_copy(0, rows, one));
+        }
+        let zero = original.zeros_like();
+        self.moments = (self.moments.0.index_copy(0, rows, &zero), self.moments.1.index_copy(0, rows, &zero));
+        for r in Vec::<i64>::try_from(rows).expect("slot indices") {
+            self.lr_scale[r as usize] = 1.0;
+        }
     }
 
     fn pixels(&self) -> Tensor {
@@ -883,15 +1058,18 @@ impl State {
         loss.backward();
     }
 
-    /// One optimiser step on the gradient, then the L-inf cap and the valid range; pictures
-    /// outside `moving` (a [B, 1, 1, 1] mask, when given) keep their pixels.
-    fn update(&mut self, step: usize, config: &AttackConfig, moving: Option<&Tensor>) {
-        if let Some((every, factor)) = config.lr_decay
-            && step > 0
-            && step.is_multiple_of(every)
-        {
-            self.lr_scale *= factor;
+    /// One optimiser step on the gradient, then the L-inf cap and the valid range; `taken`
+    /// holds each slot's steps before this one; slots outside `moving` (a [B, 1, 1, 1] mask,
+    /// when given) keep their pixels.
+    fn update(&mut self, taken: &[usize], config: &AttackConfig, moving: Option<&Tensor>) {
+        if let Some((every, factor)) = config.lr_decay {
+            for (scale, &step) in self.lr_scale.iter_mut().zip(taken) {
+                if step > 0 && step.is_multiple_of(every) {
+                    *scale *= factor;
+                }
+            }
         }
+        let device = self.variable.device();
         tch::no_grad(|| {
             let g = self.variable.grad();
             let update = match config.optimiser {
@@ -902,16 +1080,16 @@ impl State {
                     *acc_g = &*acc_g * 0.95 + g.square() * 0.05;
                     let delta = ((&*acc_d + 1e-7).sqrt() / (&*acc_g + 1e-7).sqrt()) * &g;
                     *acc_d = &*acc_d * 0.95 + delta.square() * 0.05;
-                    delta * (lr * self.lr_scale)
+                    PerSlot::of(self.lr_scale.iter().map(|s| lr * s), device).times(&delta)
                 }
                 Optimiser::Adam { lr } => {
-                    let t = (step + 1) as f64;
                     let (m, v) = &mut self.moments;
                     *m = &*m * 0.9 + &g * 0.1;
                     *v = &*v * 0.999 + g.square() * 0.001;
-                    let m_hat = &*m / (1.0 - 0.9f64.powf(t));
-                    let v_hat = &*v / (1.0 - 0.999f64.powf(t));
-                    m_hat / (v_hat.sqrt() + 1e-8) * (lr * self.lr_scale)
+                    let t = |step: usize| (step + 1) as f64;
+                    let m_hat = PerSlot::of(taken.iter().map(|&s| 1.0 - 0.9f64.powf(t(s))), device).divides(m);
+                    let v_hat = PerSlot::of(taken.iter().map(|&s| 1.0 - 0.999f64.powf(t(s))), device).divides(v);
+                    PerSlot::of(self.lr_scale.iter().map(|s| lr * s), device).times(&(m_hat / (v_hat.sqrt() + 1e-8)))
                 }
             };
             let before = moving.map(|_| self.variable.detach().copy());
@@ -940,6 +1118,38 @@ impl State {
     }
 }
 
+/// A factor per slot: one number when every slot has the same (a batch whose pictures all
+/// started together), else a [B, 1, 1, 1] tensor.
+enum PerSlot {
+    Same(f64),
+    Each(Tensor),
+}
+
+impl PerSlot {
+    fn of(values: impl Iterator<Item = f64>, device: Device) -> PerSlot {
+        let values: Vec<f64> = values.collect();
+        match values.first() {
+            Some(&v) if values.iter().all(|&w| w == v) => PerSlot::Same(v),
+            _ => PerSlot::Each(Tensor::from_slice(&values).to_kind(Kind::Float).view([-1, 1, 1, 1]).to_device(device)),
+        }
+    }
+
+    fn times(&self, t: &Tensor) -> Tensor {
+        match self {
+            PerSlot::Same(v) => t * *v,
+            PerSlot::Each(v) => t * v,
+        }
+    }
+
+    /// `t` divided by the factor.
+    fn divides(&self, t: &Tensor) -> Tensor {
+        match self {
+            PerSlot::Same(v) => t / *v,
+            PerSlot::Each(v) => t / v,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -951,13 +1161,13 @@ mod tests {
     #[test]
     fn batches_keep_within_the_pixel_budget_and_group_similar_sizes() {
         let pictures = [picture(250, 250), picture(4000, 3000), picture(250, 250), picture(300, 200), picture(250, 250)];
-        let groups = pixel_groups(&pictures, 200_000);
+        let groups = pixel_groups(&pictures, 200_000, usize::MAX);
         // The large one alone; the three 250 x 250 together (187,500 pixels); a fourth, padded
         // to 300 x 250, would make 300,000.
         assert_eq!(groups, vec![vec![1], vec![0, 2, 4], vec![3]]);
-        let groups = pixel_groups(&pictures[..], 1_000_000_000);
+        let groups = pixel_groups(&pictures[..], 1_000_000_000, usize::MAX);
         assert_eq!(groups, vec![vec![0, 1, 2, 3, 4]]);
-        let mut all: Vec<usize> = pixel_groups(&pictures, 1).concat();
+        let mut all: Vec<usize> = pixel_groups(&pictures, 1, usize::MAX).concat();
         all.sort();
         assert_eq!(all, vec![0, 1, 2, 3, 4], "every picture in exactly one batch");
     }

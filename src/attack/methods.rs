@@ -94,6 +94,7 @@ pub fn config(method: Method, mode: &str, seed: i64) -> Result<AttackConfig> {
                 budget: Budget { dssim: Some(DssimBudget { threshold: th, weight: 1e6, adaptive: true }), perceptual: None, linf, best_within: Some(1.1) },
                 seed,
                 max_batch_pixels: DEFAULT_MAX_BATCH_PIXELS,
+                in_flight: None,
             }
         }
         (Method::FawkesV03, _) => {
@@ -116,6 +117,7 @@ pub fn config(method: Method, mode: &str, seed: i64) -> Result<AttackConfig> {
                 budget: Budget { dssim: Some(DssimBudget { threshold: th, weight: 1e9, adaptive: false }), perceptual: None, linf: None, best_within: None },
                 seed,
                 max_batch_pixels: DEFAULT_MAX_BATCH_PIXELS,
+                in_flight: None,
             }
         }
         (Method::Lowkey, "default") => AttackConfig {
@@ -129,6 +131,7 @@ pub fn config(method: Method, mode: &str, seed: i64) -> Result<AttackConfig> {
             budget: Budget { dssim: None, perceptual: Some(0.05), linf: None, best_within: None },
             seed,
             max_batch_pixels: DEFAULT_MAX_BATCH_PIXELS,
+            in_flight: None,
         },
         (Method::Anticluster, "default") => AttackConfig {
             parameterisation: Parameterisation::Tanh,
@@ -141,6 +144,7 @@ pub fn config(method: Method, mode: &str, seed: i64) -> Result<AttackConfig> {
             budget: Budget { dssim: Some(DssimBudget { threshold: 0.012, weight: 1e6, adaptive: true }), perceptual: None, linf, best_within: Some(1.1) },
             seed,
             max_batch_pixels: DEFAULT_MAX_BATCH_PIXELS,
+            in_flight: None,
         },
         _ => return bad_mode(method, mode),
     };

@@ -34,6 +34,8 @@ pub struct Request {
     pub out: Option<PathBuf>,
     pub recursive: bool,
     pub batch_size: usize,
+    /// Pictures optimised at once (None: the whole batch).
+    pub in_flight: Option<usize>,
     pub max_batch_pixels: i64,
     pub seed: i64,
     /// Stop each picture at convergence ([`Convergence::DEFAULT`]) rather than after the
@@ -60,6 +62,7 @@ pub fn run(req: &Request) -> Result<ExitCode> {
     let stops_early = req.early_stop && req.method.converges_safely(&mode);
     let cloaker = Cloaker::new(req.method, &mode, &ensemble, device, req.seed)?
         .with_max_batch_pixels(req.max_batch_pixels)
+        .with_in_flight(req.in_flight)
         .with_stop(stops_early.then_some(Convergence::DEFAULT));
     let detector = Mtcnn::load(device)?;
     // Fawkes' detection settings: confident faces of at least 30 pixels.

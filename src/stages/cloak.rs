@@ -75,9 +75,15 @@ pub struct Cloak {
     pub public_pictures: usize,
     #[serde(default)]
     pub seed: i64,
-    /// Pictures optimised together (also saved together: the chunk a rerun resumes from).
+    /// Pictures cloaked together (also saved together: the chunk a rerun resumes from), all
+    /// optimised at once unless `in_flight` says fewer.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Pictures optimised at once, when fewer than `batch_size`: the batch's other pictures
+    /// wait, and each picture that finishes (with `early_stop`, often long before its
+    /// schedule ends) makes room for the next, so the optimised batch stays full.
+    #[serde(default)]
+    pub in_flight: Option<usize>,
     /// Bound on the pixels optimised at once (pictures x padded height x width): a batch is
     /// split into groups of similar sizes within it, and each picture is worked on as its
     /// faces' region (see the attack engine). Memory follows this, not the largest picture.
@@ -144,6 +150,9 @@ impl StageConfig for Cloak {
             models::check_usable(id).map_err(|e| format!("ensemble: {id:?}: {e}"))?;
         }
         check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")?;
+        if let Some(n) = self.in_flight {
+            check(n >= 1, "in_flight", n, "at least 1")?;
+        }
         check(self.max_batch_pixels >= 1, "max_batch_pixels", self.max_batch_pixels, "at least 1")?;
         check((1..=100).contains(&self.jpeg_quality), "jpeg_quality", self.jpeg_quality, "within 1..100")?;
         check(self.steps.is_none_or(|s| s >= 1), "steps", self.steps, "at least 1")?;
@@ -171,8 +180,10 @@ impl StageConfig for Cloak {
     fn run(&self, ctx: &mut Context) -> Result<()> {
         let device = self.device.resolve()?;
         let (mode, ensemble) = (self.mode(), self.ensemble());
-        let mut cloaker =
-            Cloaker::new(self.method, &mode, &ensemble, device, self.seed)?.with_max_batch_pixels(self.max_batch_pixels).with_stop(self.early_stop);
+        let mut cloaker = Cloaker::new(self.method, &mode, &ensemble, device, self.seed)?
+            .with_max_batch_pixels(self.max_batch_pixels)
+            .with_in_flight(self.in_flight)
+            .with_stop(self.early_stop);
         if let Some(steps) = self.steps {
             cloaker = cloaker.with_steps(steps);
         }

@@ -206,6 +206,68 @@ fn each_face_keeps_its_own_target_point_across_batches() {
     assert!(engine::run(&v03(points.narrow(0, 0, 1), 1), &ensemble, None, &targets, Device::Cpu).is_err());
 }
 
+/// With fewer pictures in flight than a call brings, the pictures stream through the batch:
+/// each that finishes makes room for the next waiting one, in the slot it freed.
+#[test]
+fn pictures_stream_through_a_batch_smaller_than_the_call() {
+    let mut targets = targets();
+    let (chips, _) = golden_batch("dlib_resnet29_150", "embeddings");
+    targets.push(engine::Target { pixels: chips.get(1), faces: targets[0].faces.clone() });
+    targets.push(engine::Target { pixels: Tensor::full([3, 150, 150], 90.0, (Kind::Float, Device::Cpu)), faces: vec![] });
+    let model = dlib();
+    let ensemble = [engine::Member { model: model.as_ref(), alignment: Alignment::DlibChip { size: 150, padding: 0.25 } }];
+    let config = |steps: usize, in_flight: Option<usize>| {
+        let mut cfg = fawkes("high", steps, 0);
+        cfg.init_noise = 0.0; // no noise drawn: a picture starts the same in any slot
+        cfg.in_flight = in_flight;
+        cfg
+    };
+    let faceless_unchanged = |out: &[engine::Cloaked]| out[3].pixels.equal(&targets[3].pixels) && out[3].steps == 0;
+    // Three steps, before Fawkes' optimisation amplifies the numerics of a batch's size and
+    // padding (after 20 steps, one more picture in the batch moves a cloak by up to 30 grey
+    // levels at a pixel, at the same quality): every picture gets the cloak it gets alone.
+    let alone: Vec<Tensor> = (0..3).map(|i| engine::run(&config(3, None), &ensemble, None, &targets[i..=i], Device::Cpu).unwrap().remove(0).pixels).collect();
+    for in_flight in [1, 2] {
+        let streamed = engine::run(&config(3, Some(in_flight)), &ensemble, None, &targets, Device::Cpu).unwrap();
+        for (i, (s, a)) in streamed.iter().zip(&alone).enumerate() {
+            let gap = (&s.pixels - a).abs().max().double_value(&[]);
+            assert!(s.steps == 3 && gap < 1e-3, "{in_flight} in flight, picture {i}: {} steps, {gap} grey levels from its cloak alone", s.steps);
+        }
+        assert!(faceless_unchanged(&streamed), "{in_flight} in flight: the faceless picture changed");
+    }
+    // Stopping at convergence, two in flight: the pictures finish at different steps and the
+    // third takes the first slot freed. Each keeps its budget and reports its own figures.
+    let mut stopping = config(40, Some(2));
+    stopping.stop = Some(engine::Convergence { window: 5, tolerance: 0.05 });
+    let (out, profile) = engine::run_profiled(&stopping, &ensemble, None, &targets, Device::Cpu).unwrap();
+    let crop = Alignment::SquareBox { size: 112, margin: 30.0 };
+    for (i, (t, c)) in targets.iter().zip(&out).take(3).enumerate() {
+        let face = &t.faces[0];
+        let d = cloakbench::attack::ssim::dssim(&crop.crop(&c.pixels.unsqueeze(0), face), &crop.crop(&t.pixels.unsqueeze(0), face), 255.0).double_value(&[0]);
+        let moved = (models::l2_normalise(&chip_embedding(model.as_ref(), &c.pixels, face))
+            - models::l2_normalise(&chip_embedding(model.as_ref(), &t.pixels, face)))
+        .square()
+        .sum(Kind::Double)
+        .double_value(&[]);
+        eprintln!("picture {i}: {} steps, feature term {:.4} (recomputed {moved:.4}), DSSIM {:.4}", c.steps, c.feature_term, c.dssim);
+        assert!(c.within_budget && d <= 1.1 * 0.017 + 1e-6 && (d - c.dssim).abs() < 1e-4, "picture {i}: DSSIM {d}, reported {}", c.dssim);
+        assert!((moved - c.feature_term).abs() < 1e-3, "picture {i}: reported feature term {} but its own face moved {moved}", c.feature_term);
+        assert!(c.steps == 40 || c.steps % 5 == 0, "picture {i}: {} steps (checks come every 5)", c.steps);
+    }
+    assert!(faceless_unchanged(&out), "the faceless picture changed");
+    let s: Vec<usize> = out.iter().map(|c| c.steps).collect();
+    assert_eq!(profile.picture_steps, s.iter().sum::<usize>(), "a finished picture was computed again");
+    let (first_free, other) = (s[0].min(s[1]), s[0].max(s[1]));
+    assert_eq!(profile.batch_steps, other.max(first_free + s[2]), "the third picture did not take the first slot freed ({s:?})");
+    let in_batches = other + s[2]; // the same pictures in batches of two: the third waits for both
+    eprintln!("batch steps: {} streamed, {in_batches} in batches of two", profile.batch_steps);
+    assert!(s[0] == s[1] || profile.batch_steps < in_batches);
+    // As many in flight as pictures: the batch as it always was, bit for bit.
+    let all = engine::run(&config(10, Some(targets.len())), &ensemble, None, &targets, Device::Cpu).unwrap();
+    let batch = engine::run(&config(10, None), &ensemble, None, &targets, Device::Cpu).unwrap();
+    assert!(all.iter().zip(&batch).all(|(a, b)| a.pixels.equal(&b.pixels) && a.steps == b.steps));
+}
+
 /// An empty batch, or one whose pictures have no face, comes back as it went in.
 #[test]
 fn an_empty_or_faceless_batch_comes_back_unchanged() {
