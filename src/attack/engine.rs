@@ -636,7 +636,7 @@ impl InFlight {
         let device = x0.device();
         let original = x0.index_select(0, &picture_index(&[picture], device));
         let rows = picture_index(&[slot], device);
-        self.state.enter(&rows, &original);
+        self.state.enter(slot, &rows, &original);
         self.best.enter(&rows, &original);
         self.weight = self.weight.index_fill(0, &rows, 1.0);
         self.progress.enter(slot);
@@ -1028,8 +1028,8 @@ impl State {
         }
     }
 
-    /// Starts the picture `original` ([1, 3, H, W]) afresh in the slot `rows` ([1]).
-    fn enter(&mut self, rows: &Tensor, original: &Tensor) {
+    /// Starts the picture `original` ([1, 3, H, W]) afresh in `slot` (`rows`: [slot] on the device).
+    fn enter(&mut self, slot: usize, rows: &Tensor, original: &Tensor) {
         let (variable, w0) = State::start(self.parameterisation, self.init_noise, original);
         tch::no_grad(|| {
             let _ = self.variable.index_copy_(0, rows, &variable);
@@ -1040,9 +1040,7 @@ impl State {
         }
         let zero = original.zeros_like();
         self.moments = (self.moments.0.index_copy(0, rows, &zero), self.moments.1.index_copy(0, rows, &zero));
-        for r in Vec::<i64>::try_from(rows).expect("slot indices") {
-            self.lr_scale[r as usize] = 1.0;
-        }
+        self.lr_scale[slot] = 1.0;
     }
 
     fn pixels(&self) -> Tensor {

@@ -323,7 +323,11 @@ fn the_cloak_command_protects_a_folder_and_keeps_the_originals() {
 fn the_cloak_stage_swaps_only_the_protected_training_pictures() {
     let _ = crate::shared("datasets/fixture_facescrub12x10");
     let root = crate::scratch("cloak-stage");
-    crate::cloakbench(&["run", "pipelines/protect.toml", "--quiet", "--set", "cloak.steps=8", "--run-root", root.to_str().unwrap()], &[]);
+    // Stopping at convergence, two pictures in flight in batches of eight: the stage streams.
+    let settings = ["cloak.steps=8", "cloak.early_stop={window=2,tolerance=0.05}", "cloak.batch_size=8", "cloak.in_flight=2"];
+    let mut args = vec!["run", "pipelines/protect.toml", "--quiet", "--run-root", root.to_str().unwrap()];
+    args.extend(settings.iter().flat_map(|s| ["--set", s]));
+    crate::cloakbench(&args, &[]);
     let code = format!(
         r#"
 import polars as pl
@@ -336,6 +340,7 @@ assert set(changed) == set(target), "cloaked pictures are not exactly the protec
 assert set(cloaks["image_id"]) == set(target)
 assert (cloaks["dssim"] <= 1.1 * 0.017 + 1e-3).all(), cloaks["dssim"]
 assert (cloaks["linf"] <= 15.5).all(), cloaks["linf"]
+assert cloaks["steps"].is_between(1, 8).all(), cloaks["steps"]
 assert pl.read_parquet(f"{{d}}/cloak_shifts.parquet").height == 7 * cloaks.height  # every zoo model, every face
 print("ok", len(target))
 "#,

@@ -87,6 +87,7 @@ fn every_bad_pipeline_is_one_clear_line_and_exit_code_2() {
         ("scale_factor", good.clone(), vec!["detect.scale_factor=1.0"], "scale_factor = 1: must be between 0 and 1"),
         ("min_face_size", good.clone(), vec!["detect.min_face_size=0"], "min_face_size = 0: must be at least 1"),
         ("batch_size", good.clone(), vec!["embed.batch_size=0"], "stage embed: batch_size = 0: must be at least 1"),
+        ("in_flight", good.clone(), vec!["cloak.in_flight=0"], "stage cloak: in_flight = 0: must be at least 1"),
         ("device", good.clone(), vec!["embed.device=cuda:99"], "device cuda:99: not available here"),
         ("device_name", good.clone(), vec!["classify.device=gpu"], "device \"gpu\": use auto, cpu, cuda or cuda:N"),
         ("jpeg_quality", good.clone(), vec!["cloak.jpeg_quality=101"], "jpeg_quality = 101: must be within 1..100"),
