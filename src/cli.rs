@@ -193,6 +193,11 @@ enum BenchCommand {
         /// auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
+        /// How pictures become the model's input: `resize` (the whole picture) or `aligned`
+        /// (each picture's face found by the detect stage first, untimed, and cropped as the
+        /// model card says: the study's path).
+        #[arg(long, default_value = "resize", value_parser = ["resize", "aligned"])]
+        input: String,
     },
     /// Every model of the zoo: linear-probe and 1-NN accuracy on facescrub12's 70/30 split,
     /// verification AUC on LFW pairs, and embed images/s. Runs pipelines/zoo_facescrub12.toml
@@ -349,8 +354,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Stages => stages(),
-        Command::Bench { command: BenchCommand::Baseline { dataset, model, batch_sizes, device }, out } => {
-            crate::commands::bench::baseline(&dataset, &model, &batch_sizes, &device, &out)
+        Command::Bench { command: BenchCommand::Baseline { dataset, model, batch_sizes, device, input }, out } => {
+            let mut batch_sizes = batch_sizes;
+            batch_sizes.dedup(); // a repeated size would find its embeddings done and skip
+            crate::commands::bench::baseline(&dataset, &model, &batch_sizes, &device, &input, &out)
         }
         Command::Bench { command: BenchCommand::Decode { dataset }, out } => crate::commands::bench::decode(&dataset, &out),
         Command::Bench { command: BenchCommand::Detect { dataset, pictures, device }, out } => {

@@ -19,9 +19,9 @@ use crate::stages::KINDS;
 use crate::tables::bench::{self, Figure};
 use crate::tables::{metrics, verification};
 
-pub fn baseline(dataset: &str, model: &str, batch_sizes: &[usize], device: &str, out: &str) -> Result<ExitCode> {
+pub fn baseline(dataset: &str, model: &str, batch_sizes: &[usize], device: &str, input: &str, out: &str) -> Result<ExitCode> {
     let scratch = std::env::temp_dir().join(format!("cloakbench-bench-{}", std::process::id()));
-    let ingest = format!(
+    let mut ingest = format!(
         "[pipeline]\nname = \"bench\"\nrun_root = {root:?}\n[stages.ingest]\nkind = \"ingest\"\ndataset = {dataset:?}\n",
         root = scratch.display().to_string(),
     );
@@ -29,11 +29,16 @@ pub fn baseline(dataset: &str, model: &str, batch_sizes: &[usize], device: &str,
     let t = Instant::now();
     pipeline::run(&only_ingest, &RunOptions { force: true, quiet: true })?;
     let ingest_s = t.elapsed().as_secs_f64();
+    if input == "aligned" {
+        // Faces found as a pipeline's detect stage finds them, untimed; later runs skip it.
+        ingest.push_str("[stages.detect]\nkind = \"detect\"\nmax_side = 400\n");
+        pipeline::run(&pipeline::parse(&ingest, &[], KINDS)?, &RunOptions { force: false, quiet: true })?;
+    }
     let run_dir = crate::io::Location::open(&scratch.join("bench").display().to_string())?;
     let n_images: usize = parquet::read(&run_dir, "images")?.iter().map(|b| b.num_rows()).sum();
 
     let dev = crate::models::device(device)?;
-    println!("cloakbench bench: {dataset}, model {model}, device {dev:?}, {} threads", tch::get_num_threads());
+    println!("cloakbench bench: {dataset}, model {model}, input {input}, device {dev:?}, {} threads", tch::get_num_threads());
     println!("  ingest          {n_images:>6} images  {ingest_s:>7.2} s  {:>8.1} images/s", n_images as f64 / ingest_s);
     let figure = |subject: &str, batch_size: Option<usize>, metric: &str, value: f64, unit: &str, reference: Option<f64>| Figure {
         bench: "baseline".into(),
@@ -48,10 +53,14 @@ pub fn baseline(dataset: &str, model: &str, batch_sizes: &[usize], device: &str,
     let mut figures = vec![figure("ingest", None, "images_per_s", n_images as f64 / ingest_s, "images/s", None)];
     // How embed's throughput, and the raw model's beside it, move with the batch size.
     for &batch_size in batch_sizes {
-        let embed = format!("{ingest}[stages.embed]\nkind = \"embed\"\nmodel = {model:?}\nbatch_size = {batch_size}\ndevice = {device:?}\n");
+        let mut embed =
+            format!("{ingest}[stages.embed]\nkind = \"embed\"\nmodel = {model:?}\nbatch_size = {batch_size}\ndevice = {device:?}\ninput = {input:?}\n");
+        if input == "aligned" {
+            embed.push_str("inputs = { images = \"images\", faces = \"faces\" }\n");
+        }
         let plan = pipeline::parse(&embed, &[], KINDS)?;
         let t = Instant::now();
-        // Not forced: ingest is up to date and skipped, so only embed is timed.
+        // Not forced: ingest (and detect) are up to date and skipped, so only embed is timed.
         pipeline::run(&plan, &RunOptions { force: false, quiet: true })?;
         let embed_s = t.elapsed().as_secs_f64();
         let n_embedded: usize = parquet::read(&run_dir, "embeddings")?.iter().map(|b| b.num_rows()).sum();
@@ -61,7 +70,8 @@ pub fn baseline(dataset: &str, model: &str, batch_sizes: &[usize], device: &str,
             "  batch {batch_size:>4}: embed {embed_rate:>7.1} images/s, raw forward {raw_rate:>7.1} images/s (random tensors): embed / raw {:.2}",
             embed_rate / raw_rate
         );
-        figures.push(figure(&format!("embed {model}"), Some(batch_size), "images_per_s", embed_rate, "images/s", Some(raw_rate)));
+        let subject = if input == "aligned" { format!("embed {model}, aligned") } else { format!("embed {model}") };
+        figures.push(figure(&subject, Some(batch_size), "images_per_s", embed_rate, "images/s", Some(raw_rate)));
     }
     let peak_mib = peak_rss_mib();
     std::fs::remove_dir_all(&scratch).ok();
@@ -231,8 +241,62 @@ pub fn decode(dataset: &str, out: &str) -> Result<ExitCode> {
         });
         one_thread = one_thread.or(Some(rate));
     }
+    figures.extend(model_inputs(&files, &limits)?);
     write_figures(out, "decode", &figures)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The two ways a decoded picture becomes a model's input, each beside the way it was made
+/// before, on one thread over the same pictures held in memory: resizing the whole picture to
+/// 150 x 150 (ours against `image`'s own triangle resize, which gives the same bytes) and
+/// cropping a face with dlib's alignment (only the part the crop reads made floats, against
+/// the whole picture). The face is dlib's mean face on a square of 40% of the picture's shorter
+/// side, centred: the crop's cost follows the face's size, not where its landmarks are.
+fn model_inputs(files: &[bytes::Bytes], limits: &crate::io::image::DecodeLimits) -> Result<Vec<Figure>> {
+    use crate::face::align::{Alignment, DLIB_MEAN_FACE, FaceGeometry};
+    use crate::io::image::{resize, to_chw_f32};
+    let pictures: Vec<image::RgbImage> = files.iter().filter_map(|b| crate::io::image::decode(b, limits).ok()).map(|d| d.rgb).collect();
+    type Work<'a> = &'a dyn Fn(&image::RgbImage) -> usize;
+    let rate = |work: Work| {
+        let t = Instant::now();
+        let sizes: usize = pictures.iter().map(work).sum();
+        std::hint::black_box(sizes);
+        pictures.len() as f64 / t.elapsed().as_secs_f64()
+    };
+    let dlib = Alignment::DlibChip { size: 150, padding: 0.25 };
+    let centred_face = |rgb: &image::RgbImage| {
+        let side = 0.4 * rgb.width().min(rgb.height()) as f64;
+        let (x0, y0) = ((rgb.width() as f64 - side) / 2.0, (rgb.height() as f64 - side) / 2.0);
+        FaceGeometry { bbox: [x0, y0, x0 + side, y0 + side], landmarks: DLIB_MEAN_FACE.map(|[x, y]| [x0 + x * side, y0 + y * side]) }
+    };
+    let whole_crop = |rgb: &image::RgbImage| {
+        let whole = Tensor::from_slice(&to_chw_f32(rgb)).view([1, 3, rgb.height() as i64, rgb.width() as i64]);
+        dlib.crop(&whole, &centred_face(rgb)).numel()
+    };
+    let cases: [(&str, Work, Work); 2] = [
+        ("resize to 150x150", &|rgb| resize(rgb, 150, 150).len(), &|rgb| image::imageops::resize(rgb, 150, 150, image::imageops::FilterType::Triangle).len()),
+        ("dlib crop of a face", &|rgb| dlib.crop_picture(rgb, &centred_face(rgb)).numel(), &whole_crop),
+    ];
+    println!("  decoded pictures to model inputs, one thread (before: image's resize; the crop of the whole picture):");
+    let threads = tch::get_num_threads();
+    tch::set_num_threads(1);
+    let mut figures = Vec::new();
+    for (subject, ours, before) in cases {
+        let (before, ours) = (rate(before), rate(ours));
+        println!("  {subject:<20} {ours:>8.1} pictures/s, before {before:>8.1}  ({:.2}x)", ours / before);
+        figures.push(Figure {
+            bench: "decode".into(),
+            device: "cpu (1 thread)".into(),
+            subject: subject.into(),
+            batch_size: None,
+            metric: "images_per_s".into(),
+            value: ours,
+            unit: "images/s".into(),
+            reference: Some(before),
+        });
+    }
+    tch::set_num_threads(threads);
+    Ok(figures)
 }
 
 /// Seconds per picture of each cloak method at several batch sizes, beside the same Fawkes

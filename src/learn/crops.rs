@@ -7,7 +7,6 @@ use anyhow::{Result, bail};
 use tch::{Kind, Tensor};
 
 use crate::face::align::{Alignment, FaceGeometry};
-use crate::io::image::to_chw_f32;
 use crate::io::pictures::PictureLoader;
 use crate::tables::images::Picture;
 
@@ -59,8 +58,7 @@ pub fn crop_faces(
             let face = faces.get(&picture.image_id).and_then(|f| f.first());
             match (decoded, face) {
                 (Ok(rgb), Some(face)) => {
-                    let px = Tensor::from_slice(&to_chw_f32(&rgb)).view([1, 3, rgb.height() as i64, rgb.width() as i64]);
-                    crops.push(alignment.crop(&px, face).round().clamp(0.0, 255.0).to_kind(Kind::Uint8));
+                    crops.push(alignment.crop_picture(&rgb, face).round().clamp(0.0, 255.0).to_kind(Kind::Uint8));
                     ids.push(picture.image_id.clone());
                     labels.push(*label);
                 }

@@ -218,10 +218,7 @@ fn largest_faces(batches: &[arrow_array::RecordBatch]) -> Result<HashMap<String,
 /// there is one (true), else the picture resized (false).
 fn model_input(rgb: &RgbImage, face: Option<(&Alignment, &FaceGeometry)>, size: [i64; 2]) -> (Tensor, bool) {
     match face {
-        Some((alignment, face)) => {
-            let picture = Tensor::from_slice(&to_chw_f32(rgb)).view([1, 3, rgb.height() as i64, rgb.width() as i64]);
-            (alignment.crop(&picture, face).squeeze_dim(0), true)
-        }
+        Some((alignment, face)) => (alignment.crop_picture(rgb, face).squeeze_dim(0), true),
         None => {
             let resized = resize(rgb, size[1] as u32, size[0] as u32);
             (Tensor::from_slice(&to_chw_f32(&resized)).view([3, size[0], size[1]]), false)
