@@ -59,14 +59,24 @@ impl PictureLoader {
 
     /// Each picture as upright RGB, or why it could not be had (the reason names its URL).
     pub fn decode<S: Source>(&mut self, pictures: &[S]) -> Vec<Result<RgbImage, String>> {
+        self.decode_into(pictures, |_, rgb| rgb)
+    }
+
+    /// Each picture decoded and handed to `make` (with its index in `pictures`) on the thread
+    /// that decoded it, or why it could not be had. The full picture is dropped as soon as
+    /// `make` is done with it, while it is still in the core's cache: a batch of face crops
+    /// never holds the batch's photos.
+    pub fn decode_into<S: Source, T: Send>(&mut self, pictures: &[S], make: impl Fn(usize, RgbImage) -> T + Sync) -> Vec<Result<T, String>> {
         let fetched = self.fetch(pictures);
         let limits = &self.limits;
         pictures
             .par_iter()
             .zip(fetched)
-            .map(|(p, bytes)| {
+            .enumerate()
+            .map(|(i, (p, bytes))| {
                 let bytes = bytes?;
-                decode(&bytes, limits).map(|d| d.rgb).map_err(|e| format!("{}/{}: {e}", p.root().trim_end_matches('/'), p.key()))
+                let rgb = decode(&bytes, limits).map(|d| d.rgb).map_err(|e| format!("{}/{}: {e}", p.root().trim_end_matches('/'), p.key()))?;
+                Ok(make(i, rgb))
             })
             .collect()
     }

@@ -54,16 +54,17 @@ pub fn crop_faces(
     let (mut ids, mut crops, mut labels, mut left_out) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for batch in pictures.chunks(DECODE_BATCH) {
         let sources: Vec<Picture> = batch.iter().map(|(p, _)| p.clone()).collect();
-        for ((picture, label), decoded) in batch.iter().zip(loader.decode(&sources)) {
-            let face = faces.get(&picture.image_id).and_then(|f| f.first());
-            match (decoded, face) {
-                (Ok(rgb), Some(face)) => {
-                    crops.push(alignment.crop_picture(&rgb, face).round().clamp(0.0, 255.0).to_kind(Kind::Uint8));
+        let face_of = |i: usize| faces.get(&batch[i].0.image_id).and_then(|f| f.first());
+        let cropped = loader.decode_into(&sources, |i, rgb| face_of(i).map(|face| alignment.crop_picture(&rgb, face)));
+        for ((picture, label), crop) in batch.iter().zip(cropped) {
+            match crop {
+                Ok(Some(crop)) => {
+                    crops.push(crop.round().clamp(0.0, 255.0).to_kind(Kind::Uint8));
                     ids.push(picture.image_id.clone());
                     labels.push(*label);
                 }
-                (Err(reason), _) => left_out.push(reason),
-                (Ok(_), None) => left_out.push(format!("{}: no face detected", picture.uri)),
+                Err(reason) => left_out.push(reason),
+                Ok(None) => left_out.push(format!("{}: no face detected", picture.uri)),
             }
         }
     }

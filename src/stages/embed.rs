@@ -21,7 +21,6 @@ use std::collections::HashMap;
 
 use anyhow::{Result, bail};
 use image::RgbImage;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -161,24 +160,21 @@ impl StageConfig for Embed {
             }
             let to_embed: Vec<Picture> = to_embed.into_iter().cloned().collect();
             for batch in to_embed.chunks(self.batch_size) {
-                let mut decoded = Vec::new();
-                for (picture, result) in batch.iter().zip(loader.decode(batch)) {
+                // Each picture becomes the model's input on the thread that decoded it.
+                let made = loader.decode_into(batch, |i, rgb| {
+                    let face = alignment.as_ref().and_then(|a| faces.get(&batch[i].image_id).map(|f| (a, f)));
+                    model_input(&rgb, face, card.input_size)
+                });
+                let mut inputs: Vec<(&str, Tensor, &str)> = Vec::new();
+                for (p, result) in batch.iter().zip(made) {
                     match result {
-                        Ok(rgb) => decoded.push((picture, rgb)),
+                        Ok((pixels, aligned)) => {
+                            if alignment.is_some() && !aligned {
+                                tally.skipped.add(format!("{}: no face detected, the whole picture resized instead", p.uri));
+                            }
+                            inputs.push((p.image_id.as_str(), pixels, if aligned { crop_name } else { "resize" }));
+                        }
                         Err(reason) => tally.failed.add(format!("{reason} (it decoded at ingest; did it change?)")),
-                    }
-                }
-                let inputs: Vec<(&str, Tensor, &str)> = decoded
-                    .par_iter()
-                    .map(|(p, rgb)| {
-                        let face = alignment.as_ref().and_then(|a| faces.get(&p.image_id).map(|f| (a, f)));
-                        let (pixels, aligned) = model_input(rgb, face, card.input_size);
-                        (p.image_id.as_str(), pixels, if aligned { crop_name } else { "resize" })
-                    })
-                    .collect();
-                if alignment.is_some() {
-                    for (p, _) in decoded.iter().filter(|(p, _)| !faces.contains_key(&p.image_id)) {
-                        tally.skipped.add(format!("{}: no face detected, the whole picture resized instead", p.uri));
                     }
                 }
                 if !inputs.is_empty() {
