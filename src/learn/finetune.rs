@@ -400,3 +400,20 @@ fn tempfile_path(what: &str) -> std::path::PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     std::env::temp_dir().join(format!("cloakbench-{what}-{}-{}.safetensors", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Marker;
+
+    /// A resumed run's losses come from the checkpoint's marker, so the marker must give back
+    /// the very numbers written. 39.865034170492436 is a loss a CI run wrote: serde_json's fast
+    /// float parser read it back one unit in the last place off until `float_roundtrip` was on.
+    #[test]
+    fn a_markers_losses_read_back_bit_for_bit() {
+        let losses = vec![39.865034170492436, 30.473512649536133, 0.1 + 0.2, f64::MIN_POSITIVE, 1.0 / 3.0];
+        let written = serde_json::to_vec(&Marker { epoch: 4, losses: losses.clone() }).unwrap();
+        let read: Marker = serde_json::from_slice(&written).unwrap();
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&read.losses), bits(&losses));
+    }
+}
