@@ -10,8 +10,9 @@
 //! Files outside identity folders (a README at the dataset root) and hidden files are not
 //! pictures of anyone: they are counted as skipped.
 //!
-//! The stage's fingerprint includes the dataset's listing with every file's size and
-//! modification time (ETag on S3), so a picture edited in place is ingested again.
+//! The stage's fingerprint includes the dataset's listing with every file's content digest
+//! (ETag on S3), so a picture edited in place is ingested again and a dataset copied or
+//! restored with new modification times is not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +61,24 @@ pub struct Ingest {
     pub batch_size: usize,
 }
 
+impl Ingest {
+    /// One entry of the fingerprinted listing. A local file is named by its content's SHA-256;
+    /// one over the size limit (ingest refuses it unread) or unreadable by its size and
+    /// modification time, so fingerprinting never reads more than ingest would.
+    fn listing_line(&self, dataset: &Location, entry: Listed) -> String {
+        match entry {
+            Listed::Odd { key, reason } => format!("{key}\todd\t{reason}\n"),
+            Listed::File(e) if Location::is_s3_url(dataset.url()) || e.size > self.limits.max_bytes => {
+                format!("{}\t{}\t{}\n", e.key, e.size, e.version)
+            }
+            Listed::File(e) => match std::fs::read(std::path::Path::new(dataset.url()).join(&e.key)) {
+                Ok(bytes) => format!("{}\t{}\tsha256 {}\n", e.key, e.size, sha256_hex(&bytes)),
+                Err(err) => format!("{}\t{}\t{}\tunreadable {err}\n", e.key, e.size, e.version),
+            },
+        }
+    }
+}
+
 fn default_concurrency() -> usize {
     32
 }
@@ -95,16 +114,16 @@ impl StageConfig for Ingest {
         self.limits.check()
     }
 
-    /// The listing (names, sizes, modification times or ETags) and the manifest's content
-    /// decide whether an earlier ingest is still valid.
+    /// The listing with every file's content digest (its ETag on S3) and the manifest's content
+    /// decide whether an earlier ingest is still valid. Content, not modification times: a
+    /// dataset restored from a backup or copied without its times is the same dataset, and
+    /// taking it for a new one would redo hours of cloaking downstream.
     fn fingerprint_material(&self) -> Result<serde_json::Value> {
         let dataset = Location::open(&self.dataset)?;
+        let lines: Vec<String> = dataset.walk()?.into_par_iter().map(|entry| self.listing_line(&dataset, entry)).collect();
         let mut h = Sha256::new();
-        for entry in dataset.walk()? {
-            match entry {
-                Listed::File(e) => h.update(format!("{}\t{}\t{}\n", e.key, e.size, e.version)),
-                Listed::Odd { key, reason } => h.update(format!("{key}\todd\t{reason}\n")),
-            }
+        for line in lines {
+            h.update(line);
         }
         let manifest = match &self.manifest {
             Some(m) => {
