@@ -62,19 +62,22 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// One entry of the fingerprinted listing. A local file is named by its content's SHA-256;
-    /// one over the size limit (ingest refuses it unread) or unreadable by its size and
-    /// modification time, so fingerprinting never reads more than ingest would.
+    /// One entry of the fingerprinted listing. A local file is named by its content's SHA-256,
+    /// read as ingest reads it ([`Location::get_within`]: the size limit, symlinks kept inside,
+    /// no FIFO opened); one that ingest refuses unread (over the limit, unreadable) by its size
+    /// and modification time, so fingerprinting never reads more than ingest would.
     fn listing_line(&self, dataset: &Location, entry: Listed) -> String {
-        match entry {
-            Listed::Odd { key, reason } => format!("{key}\todd\t{reason}\n"),
-            Listed::File(e) if Location::is_s3_url(dataset.url()) || e.size > self.limits.max_bytes => {
-                format!("{}\t{}\t{}\n", e.key, e.size, e.version)
-            }
-            Listed::File(e) => match std::fs::read(std::path::Path::new(dataset.url()).join(&e.key)) {
-                Ok(bytes) => format!("{}\t{}\tsha256 {}\n", e.key, e.size, sha256_hex(&bytes)),
-                Err(err) => format!("{}\t{}\t{}\tunreadable {err}\n", e.key, e.size, e.version),
-            },
+        let e = match entry {
+            Listed::Odd { key, reason } => return format!("{key}\todd\t{reason}\n"),
+            Listed::File(e) => e,
+        };
+        let as_listed = format!("{}\t{}\t{}\n", e.key, e.size, e.version);
+        if Location::is_s3_url(dataset.url()) {
+            return as_listed;
+        }
+        match dataset.get_within(&e.key, self.limits.max_bytes) {
+            Ok(bytes) => format!("{}\t{}\tsha256 {}\n", e.key, e.size, sha256_hex(&bytes)),
+            Err(_) => as_listed,
         }
     }
 }
