@@ -51,8 +51,12 @@ pub struct Entry {
     /// Key relative to the location.
     pub key: String,
     pub size: u64,
-    /// What changes when the content does: the modification time (local) or the ETag (S3).
+    /// What changes when the content does: the ETag on S3; locally the modification and
+    /// status-change times, inode and device (a write changes the status-change time even when
+    /// the modification time is put back).
     pub version: String,
+    /// When a local file's status last changed, in nanoseconds since the epoch (None on S3).
+    pub changed_ns: Option<i128>,
 }
 
 /// One entry below a location: a file, or something that cannot be read as one.
@@ -186,7 +190,7 @@ impl Location {
                     .filter(|m| !m.location.as_ref().ends_with('/'))
                     .map(|m| {
                         let version = m.e_tag.clone().unwrap_or_else(|| m.last_modified.to_rfc3339());
-                        Listed::File(Entry { key: m.location.as_ref()[skip..].to_owned(), size: m.size, version })
+                        Listed::File(Entry { key: m.location.as_ref()[skip..].to_owned(), size: m.size, version, changed_ns: None })
                     })
                     .collect()
             }
@@ -432,6 +436,14 @@ impl Location {
         Ok(StagedFile { file, staging, dest })
     }
 
+    /// The folder of a local location (None on S3).
+    pub fn local_root(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Local(dir) => Some(dir),
+            Backend::S3 { .. } => None,
+        }
+    }
+
     /// The local file of `key`; refuses keys that would leave the folder.
     fn local_path(&self, key: &str) -> Result<PathBuf> {
         let Backend::Local(dir) = &self.backend else { unreachable!("local_path on an S3 location") };
@@ -527,7 +539,9 @@ fn walk_local(dir: &Path, rel: &str, root: &Path, ancestors: &mut Vec<(u64, u64)
             ancestors.pop();
         } else if meta.is_file() {
             let mtime = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
-            out.push(Listed::File(Entry { key, size: meta.len(), version: format!("mtime {mtime} inode {}", meta.ino()) }));
+            let ctime = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
+            let version = format!("mtime {mtime} ctime {ctime} inode {} dev {}", meta.ino(), meta.dev());
+            out.push(Listed::File(Entry { key, size: meta.len(), version, changed_ns: Some(ctime) }));
         } else {
             out.push(odd(key, format!("not a regular file ({})", file_kind(&meta.file_type()))));
         }

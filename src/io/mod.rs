@@ -18,6 +18,7 @@
 //!
 //! This module imports nothing else of the crate: every other module may use it.
 
+pub mod digests;
 pub mod image;
 pub mod lease;
 pub mod location;
@@ -30,6 +31,15 @@ use std::{future::Future, sync::OnceLock};
 use sha2::{Digest, Sha256};
 
 pub use location::{Entry, Listed, Location};
+
+/// Where cloakbench keeps what it can make again (models, digests): `$CLOAKBENCH_HOME`, else
+/// `~/.cache/cloakbench`.
+pub fn cache_home() -> std::path::PathBuf {
+    match std::env::var_os("CLOAKBENCH_HOME") {
+        Some(home) => home.into(),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cloakbench"),
+    }
+}
 
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {

@@ -125,10 +125,7 @@ pub fn models_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CLOAKBENCH_MODELS") {
         return dir.into();
     }
-    let home = std::env::var_os("CLOAKBENCH_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cloakbench"));
-    home.join("models")
+    crate::io::cache_home().join("models")
 }
 
 /// Path of a model's weights, or an error saying how to install them.

@@ -105,7 +105,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunSummary> {
     let _lease = hold(&run_dir, &format!("cloakbench run {}", plan.name), options)?;
     let mut summary = RunSummary { run_dir: run_dir.url().to_owned(), ..Default::default() };
     let table_labels = table_labels(plan);
-    for (stage, fingerprint) in plan.stages.iter().zip(fingerprints(plan)?) {
+    for (stage, fingerprint) in plan.stages.iter().zip(fingerprints(plan, options.quiet)?) {
         let outcome = run_stage(stage, fingerprint, &run_dir, options, &table_labels, &mut summary.report, None)?;
         summary.stages.push(outcome);
         write_manifest(plan, &run_dir, &summary)?;
@@ -136,12 +136,12 @@ pub(super) fn table_labels(plan: &Plan) -> HashMap<String, Vec<(String, String)>
 }
 
 /// Every stage's fingerprint, in plan order.
-pub(super) fn fingerprints(plan: &Plan) -> Result<Vec<String>> {
+pub(super) fn fingerprints(plan: &Plan, quiet: bool) -> Result<Vec<String>> {
     // table -> fingerprint of the stage (and slot) that wrote it
     let mut table_fp: HashMap<String, String> = HashMap::new();
     let mut all = Vec::new();
     for stage in &plan.stages {
-        let fingerprint = fingerprint(stage, &table_fp)?;
+        let fingerprint = fingerprint(stage, &table_fp, quiet)?;
         for (slot, table) in &stage.outputs {
             table_fp.insert(table.clone(), format!("{fingerprint}/{slot}"));
         }
@@ -205,9 +205,10 @@ fn finished(dir: &Location, state_key: &str, fingerprint: &str, stage: &PlannedS
 
 /// SHA-256 over the code, the stage's kind and typed configuration, its inputs' fingerprints
 /// (by slot: a table's name is not its content) and the stage's own material.
-fn fingerprint(stage: &PlannedStage, table_fp: &HashMap<String, String>) -> Result<String> {
+fn fingerprint(stage: &PlannedStage, table_fp: &HashMap<String, String>, quiet: bool) -> Result<String> {
     let inputs: Vec<(&String, Vec<&String>)> = stage.inputs.iter().map(|(slot, tables)| (slot, tables.iter().map(|t| &table_fp[t]).collect())).collect();
-    let material = stage.stage.fingerprint_material().with_context(|| format!("stage {}: fingerprint", stage.name))?;
+    let log = |line: &str| crate::progress::info(quiet, &format!("{}: {line}", stage.name));
+    let material = stage.stage.fingerprint_material(&log).with_context(|| format!("stage {}: fingerprint", stage.name))?;
     let all = serde_json::json!({
         "code": CODE_DIGEST,
         "kind": stage.kind.name,

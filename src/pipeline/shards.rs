@@ -299,7 +299,7 @@ pub fn run_shard(plan: &Plan, index: usize, expected_shards: Option<usize>, opti
     };
     // Inside the shard a stage's work also depends on which pictures the shard holds.
     let keys_digest = hex(&Sha256::digest(shard_plan.keys[index].join("\n").as_bytes()));
-    let fingerprints = run::fingerprints(plan)?;
+    let fingerprints = run::fingerprints(plan, options.quiet)?;
     let table_labels = run::table_labels(plan);
     let mut report = Vec::new();
     let (mut parts, mut tallies, mut tally) = (BTreeMap::new(), BTreeMap::new(), Tally::default());
@@ -335,7 +335,7 @@ pub fn commit(plan: &Plan, options: &RunOptions) -> Result<Committed> {
     let _lease = run::hold(&run_dir, &format!("cloakbench commit {}", plan.name), options)?;
     let shard_plan = checked_plan(plan, &run_dir)?;
     let steps = steps(plan);
-    let fingerprints = run::fingerprints(plan)?;
+    let fingerprints = run::fingerprints(plan, options.quiet)?;
     let table_labels = run::table_labels(plan);
     let mut summary = RunSummary { run_dir: run_dir.url().to_owned(), ..Default::default() };
     for phase in 0..shard_plan.phases {

@@ -88,8 +88,9 @@ pub trait Stage: Send + Sync {
     /// made of, so writing a default out changes nothing and changing a default in code does.
     fn describe(&self) -> serde_json::Value;
     /// What else decides whether earlier outputs are still valid: a dataset's listing, the
-    /// digests of the weight files the stage uses.
-    fn fingerprint_material(&self) -> Result<serde_json::Value>;
+    /// digests of the weight files the stage uses. `log` takes a line for the user (how much
+    /// had to be read to know).
+    fn fingerprint_material(&self, log: &dyn Fn(&str)) -> Result<serde_json::Value>;
     /// Checks the configuration against the input slots the file wires (`wired`).
     fn validate_wiring(&self, wired: &[&str]) -> Result<(), String>;
     /// For a stage that reads from outside the run (a dataset): the keys of the items it
@@ -110,7 +111,7 @@ pub trait StageConfig: Serialize + DeserializeOwned + Send + Sync + 'static {
         Ok(())
     }
 
-    fn fingerprint_material(&self) -> Result<serde_json::Value> {
+    fn fingerprint_material(&self, _log: &dyn Fn(&str)) -> Result<serde_json::Value> {
         Ok(serde_json::Value::Null)
     }
 
@@ -135,8 +136,8 @@ impl<T: StageConfig> Stage for T {
         serde_json::to_value(self).expect("a stage configuration serialises")
     }
 
-    fn fingerprint_material(&self) -> Result<serde_json::Value> {
-        StageConfig::fingerprint_material(self)
+    fn fingerprint_material(&self, log: &dyn Fn(&str)) -> Result<serde_json::Value> {
+        StageConfig::fingerprint_material(self, log)
     }
 
     fn validate_wiring(&self, wired: &[&str]) -> Result<(), String> {

@@ -166,7 +166,7 @@ impl StageConfig for Cloak {
 
     /// The weights of the ensemble, of every zoo model measured for `cloak_shifts`, and of
     /// LPIPS when the method's budget weighs it (installing it changes what the budget computes).
-    fn fingerprint_material(&self) -> Result<serde_json::Value> {
+    fn fingerprint_material(&self, _log: &dyn Fn(&str)) -> Result<serde_json::Value> {
         let mut ids = self.ensemble();
         ids.extend(installed_zoo()?);
         ids.sort();

@@ -98,7 +98,7 @@ impl StageConfig for Detect {
         self.device.check()
     }
 
-    fn fingerprint_material(&self) -> Result<serde_json::Value> {
+    fn fingerprint_material(&self, _log: &dyn Fn(&str)) -> Result<serde_json::Value> {
         Ok(serde_json::json!({ "mtcnn": crate::models::file_digest(&Mtcnn::weights_path())? }))
     }
 

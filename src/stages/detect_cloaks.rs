@@ -112,7 +112,7 @@ impl StageConfig for DetectCloaks {
         self.device.check()
     }
 
-    fn fingerprint_material(&self) -> Result<serde_json::Value> {
+    fn fingerprint_material(&self, _log: &dyn Fn(&str)) -> Result<serde_json::Value> {
         match self.detectors.contains(&Detector::Finetuned) {
             true => models::digest(&self.model),
             false => Ok(serde_json::Value::Null),

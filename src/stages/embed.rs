@@ -118,7 +118,7 @@ impl StageConfig for Embed {
         }
     }
 
-    fn fingerprint_material(&self) -> Result<serde_json::Value> {
+    fn fingerprint_material(&self, _log: &dyn Fn(&str)) -> Result<serde_json::Value> {
         models::digest(&self.model)
     }
 

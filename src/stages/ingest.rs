@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::io::digests::{self, DigestCache};
 use crate::io::image::{DecodeLimits, decode};
 use crate::io::pictures::fetch_many;
 use crate::io::{Listed, Location, hex, sha256_hex, split_url};
@@ -64,20 +65,20 @@ pub struct Ingest {
 impl Ingest {
     /// One entry of the fingerprinted listing. A local file is named by its content's SHA-256,
     /// read as ingest reads it ([`Location::get_within`]: the size limit, symlinks kept inside,
-    /// no FIFO opened); one that ingest refuses unread (over the limit, unreadable) by its size
-    /// and modification time, so fingerprinting never reads more than ingest would.
-    fn listing_line(&self, dataset: &Location, entry: Listed) -> String {
+    /// no FIFO opened) unless `digests` knows it unchanged; one that ingest refuses unread (over
+    /// the limit, unreadable) by its size and version, so fingerprinting never reads more than
+    /// ingest would. On S3 the listing's ETag stands for the content.
+    fn listing_line(&self, dataset: &Location, digests: Option<&DigestCache>, entry: Listed) -> String {
         let e = match entry {
             Listed::Odd { key, reason } => return format!("{key}\todd\t{reason}\n"),
             Listed::File(e) => e,
         };
-        let as_listed = format!("{}\t{}\t{}\n", e.key, e.size, e.version);
-        if Location::is_s3_url(dataset.url()) {
-            return as_listed;
-        }
-        match dataset.get_within(&e.key, self.limits.max_bytes) {
-            Ok(bytes) => format!("{}\t{}\tsha256 {}\n", e.key, e.size, sha256_hex(&bytes)),
-            Err(_) => as_listed,
+        // A file over the limit is never read, so a digest cached under a larger limit is not used.
+        let readable = e.size <= self.limits.max_bytes;
+        let content = digests.filter(|_| readable).and_then(|d| d.digest(&e, || dataset.get_within(&e.key, self.limits.max_bytes)));
+        match content {
+            Some(sha256) => format!("{}\t{}\tsha256 {sha256}\n", e.key, e.size),
+            None => format!("{}\t{}\t{}\n", e.key, e.size, e.version),
         }
     }
 }
@@ -121,9 +122,20 @@ impl StageConfig for Ingest {
     /// decide whether an earlier ingest is still valid. Content, not modification times: a
     /// dataset restored from a backup or copied without its times is the same dataset, and
     /// taking it for a new one would redo hours of cloaking downstream.
-    fn fingerprint_material(&self) -> Result<serde_json::Value> {
+    /// Digests of files unchanged since an earlier run come from a cache ([`DigestCache`]), so a
+    /// rerun, or each task of a sharded run, reads only what changed.
+    fn fingerprint_material(&self, log: &dyn Fn(&str)) -> Result<serde_json::Value> {
         let dataset = Location::open(&self.dataset)?;
-        let lines: Vec<String> = dataset.walk()?.into_par_iter().map(|entry| self.listing_line(&dataset, entry)).collect();
+        let digests = dataset.local_root().map(|root| DigestCache::open(&digests::cache_dir(), root));
+        let lines: Vec<String> = dataset.walk()?.into_par_iter().map(|entry| self.listing_line(&dataset, digests.as_ref(), entry)).collect();
+        if let Some(digests) = &digests {
+            let (read, asked) = (digests.files_read(), digests.files_asked());
+            log(&format!("fingerprint read {read} of {asked} files (the others unchanged since their digests were kept)"));
+            if let Err(e) = digests.save() {
+                // Only speed is lost: the next run reads the files again.
+                log(&format!("digest cache not saved ({e:#}); the next run reads the dataset again"));
+            }
+        }
         let mut h = Sha256::new();
         for line in lines {
             h.update(line);

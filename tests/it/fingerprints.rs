@@ -1,6 +1,6 @@
 //! Fingerprints come from meaning: writing a default out or restoring the dataset with new
 //! modification times reruns nothing, while a picture edited in place (same size) or a replaced
-//! weights file reruns what depends on it.
+//! weights file reruns what depends on it; and a rerun reads only the files that changed.
 
 use std::path::Path;
 
@@ -48,18 +48,27 @@ fn defaults_written_out_or_new_file_times_rerun_nothing_and_an_edited_picture_re
             std::fs::File::open(picture.unwrap().path()).unwrap().set_modified(restored).unwrap();
         }
     }
+    // Let the new status-change times settle, so their digests are kept (io::digests).
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let files = std::fs::read_dir(&data).unwrap().map(|p| std::fs::read_dir(p.unwrap().path()).unwrap().count()).sum::<usize>();
     let log = text(&cloakbench(&args, &[]).stderr);
     assert_eq!(log.matches("up to date, skipped").count(), 5, "new modification times alone reran a stage:\n{log}");
+    assert!(log.contains(&format!("fingerprint read {files} of {files} files")), "restored files must be read again:\n{log}");
+    // Nothing changed since: the fingerprint comes from the kept digests, no file is read.
+    let log = text(&cloakbench(&args, &[]).stderr);
+    assert_eq!(log.matches("up to date, skipped").count(), 5, "{log}");
+    assert!(log.contains(&format!("fingerprint read 0 of {files} files")), "unchanged files were read again:\n{log}");
 
     // One picture edited in place, same size (an EXIF-like edit): ingest and everything after it rerun.
     let picture = std::fs::read_dir(data.join("Bill_Hader")).unwrap().next().unwrap().unwrap().path();
     let mut bytes = std::fs::read(&picture).unwrap();
-    let n = bytes.len();
-    bytes[n - 3] ^= 0x01; // inside the entropy-coded data, before the end marker
+    let len = bytes.len();
+    bytes[len - 3] ^= 0x01; // inside the entropy-coded data, before the end marker
     std::fs::write(&picture, &bytes).unwrap();
     // Its old modification time put back, as a careless tool would: the content still tells.
     std::fs::File::options().write(true).open(&picture).unwrap().set_modified(restored).unwrap();
     let log = text(&cloakbench(&args, &[]).stderr);
+    assert!(log.contains(&format!("fingerprint read 1 of {files} files")), "only the edited picture is read:\n{log}");
     for stage in ["ingest", "split", "embed", "classify", "evaluate"] {
         assert!(ran(&log, stage), "{stage} was not rerun after a picture changed:\n{log}");
     }

@@ -52,6 +52,12 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Where the binary run by the tests keeps its dataset digests: the tests' scratch datasets
+/// are not left in the user's cache.
+pub fn digest_caches() -> PathBuf {
+    std::env::temp_dir().join(format!("cloakbench-it-digests-{}", std::process::id()))
+}
+
 /// Runs the cloakbench binary; panics with its output when it fails.
 pub fn cloakbench(args: &[&str], envs: &[(&str, &str)]) -> Output {
     cloakbench_exits(args, envs, 0)
@@ -59,7 +65,13 @@ pub fn cloakbench(args: &[&str], envs: &[(&str, &str)]) -> Output {
 
 /// Runs the cloakbench binary; panics with its output unless it exits with `code`.
 pub fn cloakbench_exits(args: &[&str], envs: &[(&str, &str)], code: i32) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_cloakbench")).args(args).envs(envs.iter().copied()).current_dir(repo()).output().expect("run cloakbench");
+    let out = Command::new(env!("CARGO_BIN_EXE_cloakbench"))
+        .args(args)
+        .env("CLOAKBENCH_DIGESTS", digest_caches())
+        .envs(envs.iter().copied())
+        .current_dir(repo())
+        .output()
+        .expect("run cloakbench");
     if out.status.code() != Some(code) {
         panic!("cloakbench {args:?} exited {:?}, expected {code}:\n{}\n{}", out.status.code(), text(&out.stdout), text(&out.stderr));
     }
