@@ -128,9 +128,95 @@ impl Context<'_> {
     }
 }
 
+/// Feeds `items` through `prepare` and then `consume`, in order. With `ahead`, item k+1 is
+/// prepared on another thread while `consume` works on item k: a batch's pictures are decoded
+/// and cropped while the device runs the model on the batch before. `state` is lent to each
+/// `prepare` in turn (one at a time), and a panic in `prepare` is raised again here.
+pub fn one_ahead<S: Send, I: Send, P: Send>(
+    state: &mut S,
+    items: impl IntoIterator<Item = I>,
+    ahead: bool,
+    prepare: impl Fn(&mut S, I) -> P + Sync,
+    mut consume: impl FnMut(P) -> Result<()>,
+) -> Result<()> {
+    let mut items = items.into_iter();
+    if !ahead {
+        return items.try_for_each(|item| consume(prepare(state, item)));
+    }
+    std::thread::scope(|scope| {
+        let prepare = &prepare;
+        let mut lent: Option<&mut S> = Some(state);
+        let mut next = items.next().map(|item| prepare(lent.as_deref_mut().expect("the state is here"), item));
+        while let Some(current) = next.take() {
+            let worker = items.next().map(|item| {
+                let state = lent.take().expect("the state is here");
+                scope.spawn(move || {
+                    let prepared = prepare(state, item);
+                    (state, prepared)
+                })
+            });
+            // On an error the worker's item is dropped unconsumed when the scope joins it.
+            consume(current)?;
+            if let Some(worker) = worker {
+                let (state, prepared) = worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                lent = Some(state);
+                next = Some(prepared);
+            }
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_ahead_consumes_every_item_in_order_and_prepares_the_next_on_another_thread() {
+        let caller = std::thread::current().id();
+        for ahead in [false, true] {
+            let mut threads = Vec::new();
+            let mut consumed = Vec::new();
+            one_ahead(
+                &mut threads,
+                0..5,
+                ahead,
+                |threads, i| {
+                    threads.push(std::thread::current().id());
+                    i * 10
+                },
+                |p| {
+                    consumed.push(p);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(consumed, vec![0, 10, 20, 30, 40]);
+            assert_eq!(threads.len(), 5, "state is lent to every prepare");
+            // The first item is prepared before there is anything to overlap with.
+            let elsewhere = threads.iter().filter(|&&t| t != caller).count();
+            assert_eq!(elsewhere, if ahead { 4 } else { 0 }, "ahead = {ahead}");
+        }
+    }
+
+    #[test]
+    fn one_ahead_stops_at_the_first_error_and_raises_a_worker_panic() {
+        let mut consumed = 0;
+        let err = one_ahead(
+            &mut (),
+            0..5,
+            true,
+            |_, i| i,
+            |i| {
+                consumed += 1;
+                if i == 2 { anyhow::bail!("batch {i} failed") } else { Ok(()) }
+            },
+        );
+        assert_eq!(err.unwrap_err().to_string(), "batch 2 failed");
+        assert_eq!(consumed, 3);
+        let panicked = std::panic::catch_unwind(|| one_ahead(&mut (), 0..3, true, |_, i| if i == 1 { panic!("bad picture") } else { i }, |_| Ok(())));
+        assert!(panicked.is_err());
+    }
 
     #[test]
     fn chunks_cover_every_item_once_and_never_mix_groups() {

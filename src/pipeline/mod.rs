@@ -33,7 +33,7 @@ pub mod shards;
 pub mod spec;
 pub mod stage;
 
-pub use batch::Chunks;
+pub use batch::{Chunks, one_ahead};
 pub use context::{Context, Labels, RunOptions, Tally};
 pub use plan::{Plan, PlannedStage, load, parse};
 pub use run::{RunSummary, run};

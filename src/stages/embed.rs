@@ -30,7 +30,7 @@ use crate::io::pictures::PictureLoader;
 use crate::learn::finetune::load_tuned;
 use crate::models::card::AlignmentName;
 use crate::models::{self, DeviceChoice, FaceModel};
-use crate::pipeline::{Chunks, Context, Kind, Scope, Slot, StageConfig, check, plan_from};
+use crate::pipeline::{Chunks, Context, Kind, Scope, Slot, StageConfig, check, one_ahead, plan_from};
 use crate::tables::embeddings::{self, EMBEDDINGS};
 use crate::tables::faces::{self, FACES};
 use crate::tables::images::{self, Picture};
@@ -73,6 +73,11 @@ pub struct Embed {
     /// after the last saved chunk.
     #[serde(default = "default_part_size")]
     pub part_size: usize,
+    /// Decode and crop the next batch while the model runs this one. Unset: on a GPU, where
+    /// the two use different hardware; on CPU they share the cores, and on 2 cores it gained
+    /// nothing (README, "Benchmark").
+    #[serde(default)]
+    pub decode_ahead: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
@@ -139,7 +144,9 @@ impl StageConfig for Embed {
             InputMode::Aligned if !ctx.has_input("faces") => bail!("input = \"aligned\" needs the faces table"),
             InputMode::Aligned => (largest_faces(&ctx.read("faces")?)?, Some(Alignment::new(crop_name, card.input_size)?)),
         };
-        ctx.log(&format!("{} on {device:?}, input {:?}", self.model, self.input));
+        let decode_ahead = self.decode_ahead.unwrap_or(device.is_cuda());
+        let ahead = if decode_ahead { ", decoding a batch ahead" } else { "" };
+        ctx.log(&format!("{} on {device:?}, input {:?}{ahead}", self.model, self.input));
         let pictures: Vec<Picture> = images::ok_pictures(&ctx.read("images")?)?.into_iter().filter(|p| ctx.owns(&p.image_id)).collect();
         let unchanged = images::unchanged(&images::read(&ctx.read("images")?)?);
         let known = self.known(ctx, card.output_dim)?;
@@ -159,28 +166,38 @@ impl StageConfig for Embed {
                 reused += kept.len();
             }
             let to_embed: Vec<Picture> = to_embed.into_iter().cloned().collect();
-            for batch in to_embed.chunks(self.batch_size) {
-                // Each picture becomes the model's input on the thread that decoded it.
-                let made = loader.decode_into(batch, |i, rgb| {
+            // Each picture becomes the model's input on the thread that decoded it.
+            let decode = |loader: &mut PictureLoader, batch: &[Picture]| {
+                loader.decode_into(batch, |i, rgb| {
                     let face = alignment.as_ref().and_then(|a| faces.get(&batch[i].image_id).map(|f| (a, f)));
                     model_input(&rgb, face, card.input_size)
-                });
-                let mut inputs: Vec<(&str, Tensor, &str)> = Vec::new();
-                for (p, result) in batch.iter().zip(made) {
-                    match result {
-                        Ok((pixels, aligned)) => {
-                            if alignment.is_some() && !aligned {
-                                tally.skipped.add(format!("{}: no face detected, the whole picture resized instead", p.uri));
+                })
+            };
+            let batched = to_embed.chunks(self.batch_size);
+            one_ahead(
+                &mut loader,
+                batched,
+                decode_ahead,
+                |loader, b| (b, decode(loader, b)),
+                |(batch, made)| {
+                    let mut inputs: Vec<(&str, Tensor, &str)> = Vec::new();
+                    for (p, result) in batch.iter().zip(made) {
+                        match result {
+                            Ok((pixels, aligned)) => {
+                                if alignment.is_some() && !aligned {
+                                    tally.skipped.add(format!("{}: no face detected, the whole picture resized instead", p.uri));
+                                }
+                                inputs.push((p.image_id.as_str(), pixels, if aligned { crop_name } else { "resize" }));
                             }
-                            inputs.push((p.image_id.as_str(), pixels, if aligned { crop_name } else { "resize" }));
+                            Err(reason) => tally.failed.add(format!("{reason} (it decoded at ingest; did it change?)")),
                         }
-                        Err(reason) => tally.failed.add(format!("{reason} (it decoded at ingest; did it change?)")),
                     }
-                }
-                if !inputs.is_empty() {
-                    batches.push(embed_inputs(model.as_ref(), &inputs)?);
-                }
-            }
+                    if !inputs.is_empty() {
+                        batches.push(embed_inputs(model.as_ref(), &inputs)?);
+                    }
+                    Ok(())
+                },
+            )?;
             Ok(vec![batches])
         })?;
         let skipped = if alignment.is_some() { format!(", {} without a detected face resized whole", ctx.tally.skipped.n) } else { String::new() };

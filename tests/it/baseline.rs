@@ -98,6 +98,31 @@ fn a_manifest_names_the_pictures_and_their_identities() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// Decoding the next batch while the model runs this one changes when pictures are decoded,
+/// never what is embedded: the embeddings are the same, bit for bit, in the same order.
+#[test]
+fn decoding_ahead_embeds_the_same_pictures_to_the_bit() {
+    let dataset = shared("datasets/fixture_facescrub12x10");
+    let runs = scratch("decode-ahead");
+    let set_dataset = format!("ingest.dataset={}", dataset.display());
+    for ahead in ["false", "true"] {
+        let root = runs.join(ahead);
+        let set_ahead = format!("embed.decode_ahead={ahead}");
+        let args =
+            ["run", "pipelines/baseline.toml", "--set", &set_dataset, "--set", "embed.batch_size=8", "--set", &set_ahead, "--run-root", root.to_str().unwrap()];
+        let log = text(&cloakbench(&args, &[]).stderr);
+        assert_eq!(log.contains("decoding a batch ahead"), ahead == "true", "{log}");
+    }
+    let code = format!(
+        "import polars as pl; r = {:?}; a, b = (pl.read_parquet(f'{{r}}/{{x}}/baseline/embeddings.parquet') for x in ('false', 'true')); \
+         assert a.height == 120, a.height; assert a.equals(b), 'embeddings differ'; print('same')",
+        runs.display().to_string()
+    );
+    let out = std::process::Command::new(crate::python()).args(["-c", &code]).output().unwrap();
+    assert_eq!(text(&out.stdout).trim(), "same", "{}", text(&out.stderr));
+    std::fs::remove_dir_all(runs).ok();
+}
+
 /// Every benchmark writes its figures as a `bench` table beside what it prints: checked against
 /// its schema with Polars and Pandas, each ratio our value over the reference's.
 #[test]
@@ -109,7 +134,7 @@ fn benchmarks_write_their_figures_as_a_table() {
     cloakbench(&["bench", "cloak", "--pictures", "1", "--steps", "1", "--batch-sizes", "1", "--size", "160", "160", "--out", o], &[]);
     let baseline = python_check("check_tables.py", &[out.join("baseline").to_str().unwrap()], &[]);
     assert!(baseline.contains("images_per_s") && baseline.contains("peak_rss"), "{baseline}");
-    assert!(baseline.contains("\"bench\": 5"), "ingest, embed at batch 8, 32 and 64, peak memory: {baseline}");
+    assert!(baseline.contains("\"bench\": 8"), "ingest, embed at batch 8, 32 and 64 decoding in turn and ahead, peak memory: {baseline}");
     cloakbench(&["bench", "decode", "--dataset", dataset.to_str().unwrap(), "--out", o], &[]);
     let decode = python_check("check_tables.py", &[out.join("decode").to_str().unwrap()], &[]);
     let rows = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 { 4 } else { 3 };
@@ -120,7 +145,7 @@ fn benchmarks_write_their_figures_as_a_table() {
     // The study's path: faces detected first, then cropped as the model card says.
     cloakbench(&["bench", "baseline", "--dataset", dataset.to_str().unwrap(), "--input", "aligned", "--batch-sizes", "8,8", "--out", o], &[]);
     let aligned = python_check("check_tables.py", &[out.join("baseline").to_str().unwrap()], &[]);
-    assert!(aligned.contains("\"bench\": 3"), "ingest, embed at batch 8 (once: a repeated size is measured once), peak memory: {aligned}");
+    assert!(aligned.contains("\"bench\": 4"), "ingest, embed at batch 8 in turn and ahead (once: a repeated size is measured once), peak memory: {aligned}");
     cloakbench(&["bench", "detect", "--dataset", dataset.to_str().unwrap(), "--pictures", "6", "--out", o], &[]);
     let detect = python_check("check_tables.py", &[out.join("detect").to_str().unwrap()], &[]);
     assert!(detect.contains("\"bench\": 2") && detect.contains("images_per_s"), "side by side and one at a time, beside facenet-pytorch: {detect}");
