@@ -97,10 +97,17 @@ impl DigestCache {
         self.asked.load(Ordering::Relaxed)
     }
 
-    /// Writes the digests seen in this run (files no longer listed drop out), atomically.
+    /// Writes the digests seen in this run (files no longer listed drop out), atomically;
+    /// nothing when they are the cache as it was read (no file read, none gone), so a rerun or a
+    /// shard of an unchanged dataset does not rewrite it.
     pub fn save(&self) -> Result<()> {
         static UNIQUE: AtomicU64 = AtomicU64::new(0);
         let mut seen = self.seen.lock().expect("digest cache");
+        // With no file read every entry seen came from `known` (each once), so equal counts
+        // mean the same entries.
+        if self.files_read() == 0 && seen.len() == self.known.len() {
+            return Ok(());
+        }
         seen.sort_by(|a, b| a.stamp.key.cmp(&b.stamp.key));
         let dir = self.file.parent().expect("a cache file has a folder");
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
@@ -168,6 +175,25 @@ mod tests {
         let third = DigestCache::open(&dir, Path::new("/data/faces"));
         third.digest(&entry("old.jpg", "v1", long_ago()), || Ok(bytes::Bytes::from_static(b"abc")));
         assert_eq!(third.files_read(), 1, "an entry no longer listed is dropped at the next save");
+    }
+
+    #[test]
+    fn an_unchanged_listing_leaves_the_cache_file_as_it_was() {
+        let dir = scratch("unchanged");
+        let first = DigestCache::open(&dir, Path::new("/data/faces"));
+        first.digest(&entry("a.jpg", "v1", long_ago()), || Ok(bytes::Bytes::from_static(b"abc")));
+        first.save().unwrap();
+        let written = std::fs::metadata(&first.file).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let second = DigestCache::open(&dir, Path::new("/data/faces"));
+        second.digest(&entry("a.jpg", "v1", long_ago()), || panic!("cached"));
+        second.save().unwrap();
+        assert_eq!(std::fs::metadata(&second.file).unwrap().modified().unwrap(), written, "an unchanged cache was rewritten");
+        // One more file listed: written again, with both.
+        second.digest(&entry("b.jpg", "v1", long_ago()), || Ok(bytes::Bytes::from_static(b"def")));
+        second.save().unwrap();
+        let third = DigestCache::open(&dir, Path::new("/data/faces"));
+        assert_eq!(third.known.len(), 2);
     }
 
     #[test]
