@@ -53,34 +53,35 @@ pub fn baseline(dataset: &str, model: &str, batch_sizes: &[usize], device: &str,
     let mut figures = vec![figure("ingest", None, "images_per_s", n_images as f64 / ingest_s, "images/s", None)];
     // How embed's throughput, and the raw model's beside it, move with the batch size; each
     // batch size with the next batch decoded in turn and decoded ahead (during the forward).
+    // Returns images/s and the pictures embedded.
+    let time_embed = |batch_size: usize, decode_ahead: bool| -> Result<(f64, usize)> {
+        let mut embed = format!(
+            "{ingest}[stages.embed]\nkind = \"embed\"\nmodel = {model:?}\nbatch_size = {batch_size}\ndevice = {device:?}\ninput = {input:?}\ndecode_ahead = {decode_ahead}\n"
+        );
+        if input == "aligned" {
+            embed.push_str("inputs = { images = \"images\", faces = \"faces\" }\n");
+        }
+        let plan = pipeline::parse(&embed, &[], KINDS)?;
+        let t = Instant::now();
+        // Not forced: ingest (and detect) are up to date and skipped, so only embed is timed.
+        pipeline::run(&plan, &RunOptions { force: false, quiet: true })?;
+        let embed_s = t.elapsed().as_secs_f64();
+        let n_embedded: usize = parquet::read(&run_dir, "embeddings")?.iter().map(|b| b.num_rows()).sum();
+        Ok((n_embedded as f64 / embed_s, n_embedded))
+    };
+    let aligned = if input == "aligned" { ", aligned" } else { "" };
     for &batch_size in batch_sizes {
-        let mut raw_rate = None;
-        for decode_ahead in [false, true] {
-            let mut embed = format!(
-                "{ingest}[stages.embed]\nkind = \"embed\"\nmodel = {model:?}\nbatch_size = {batch_size}\ndevice = {device:?}\ninput = {input:?}\ndecode_ahead = {decode_ahead}\n"
-            );
-            if input == "aligned" {
-                embed.push_str("inputs = { images = \"images\", faces = \"faces\" }\n");
-            }
-            let plan = pipeline::parse(&embed, &[], KINDS)?;
-            let t = Instant::now();
-            // Not forced: ingest (and detect) are up to date and skipped, so only embed is timed.
-            pipeline::run(&plan, &RunOptions { force: false, quiet: true })?;
-            let embed_s = t.elapsed().as_secs_f64();
-            let n_embedded: usize = parquet::read(&run_dir, "embeddings")?.iter().map(|b| b.num_rows()).sum();
-            let raw_rate = match raw_rate {
-                Some(rate) => rate,
-                None => *raw_rate.insert(n_embedded as f64 / raw_forward_seconds(model, batch_size, n_embedded, device)?),
-            };
-            let embed_rate = n_embedded as f64 / embed_s;
-            let how = if decode_ahead { "decoding ahead" } else { "decoding in turn" };
+        let (in_turn, n_embedded) = time_embed(batch_size, false)?;
+        let (ahead, _) = time_embed(batch_size, true)?;
+        let raw_rate = n_embedded as f64 / raw_forward_seconds(model, batch_size, n_embedded, device)?;
+        for (embed_rate, how, subject) in
+            [(in_turn, "decoding in turn", format!("embed {model}{aligned}")), (ahead, "decoding ahead", format!("embed {model}{aligned}, decoding ahead"))]
+        {
             println!(
                 "  batch {batch_size:>4}, {how:<16}: embed {embed_rate:>7.1} images/s, raw forward {raw_rate:>7.1} images/s (random tensors): embed / raw {:.2}",
                 embed_rate / raw_rate
             );
-            let aligned = if input == "aligned" { ", aligned" } else { "" };
-            let ahead = if decode_ahead { ", decoding ahead" } else { "" };
-            figures.push(figure(&format!("embed {model}{aligned}{ahead}"), Some(batch_size), "images_per_s", embed_rate, "images/s", Some(raw_rate)));
+            figures.push(figure(&subject, Some(batch_size), "images_per_s", embed_rate, "images/s", Some(raw_rate)));
         }
     }
     let peak_mib = peak_rss_mib();
