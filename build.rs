@@ -1,5 +1,8 @@
 //! Makes the cloakbench binaries find libtorch at run time, and digests the code they are built
-//! from (stage fingerprints include it, so a rebuilt binary never reuses stale tables).
+//! from: the whole crate (the run's manifest records it) and, for every source file, the files
+//! it depends on (build/code_deps.rs); a stage's fingerprint includes its own file's digest, so
+//! a rebuilt binary never reuses a table its code would now make differently, and keeps those
+//! it would make the same.
 //!
 //! torch-sys links libtorch but its link arguments do not propagate to dependents, and the
 //! libraries live inside the Python torch wheel (see scripts/setup.sh), not on the system path.
@@ -9,6 +12,9 @@
 use std::{env, path::Path, path::PathBuf, process::Command};
 
 use sha2::{Digest, Sha256};
+
+#[path = "build/code_deps.rs"]
+mod code_deps;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
@@ -20,6 +26,24 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch,--as-needed");
     println!("cargo:rustc-env=CLOAKBENCH_CODE_DIGEST={}", code_digest());
+    write_source_digests();
+}
+
+/// `$OUT_DIR/code_digests.rs`: every source file's dependencies' digest, sorted by path, for
+/// `pipeline::run::code_digest_of`.
+fn write_source_digests() {
+    println!("cargo:rerun-if-changed=build");
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let krate = code_deps::Crate::read(&root).unwrap_or_else(|e| panic!("reading the sources: {e}"));
+    let mut rows = String::new();
+    for file in krate.sources() {
+        let digest = krate.digest(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        rows.push_str(&format!("    ({:?}, {digest:?}),\n", file.to_string_lossy()));
+    }
+    let code =
+        format!("/// Each source file and the digest of the files it depends on (build.rs).\npub const SOURCE_DIGESTS: &[(&str, &str)] = &[\n{rows}];\n");
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets it")).join("code_digests.rs");
+    std::fs::write(&out, code).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 }
 
 /// SHA-256 over every file of src/ and schemas/, Cargo.lock and this script, by path.
@@ -29,7 +53,7 @@ fn code_digest() -> String {
         println!("cargo:rerun-if-changed={dir}");
         collect(Path::new(dir), &mut files);
     }
-    files.extend([PathBuf::from("Cargo.lock"), PathBuf::from("build.rs")]);
+    files.extend([PathBuf::from("Cargo.lock"), PathBuf::from("build.rs"), PathBuf::from("build/code_deps.rs")]);
     files.sort();
     let mut h = Sha256::new();
     for f in files {

@@ -23,6 +23,15 @@ use crate::io::{self, Location, hex, parquet};
 /// The digest of the sources, schemas and lock file the binary was built from (build.rs).
 pub const CODE_DIGEST: &str = env!("CLOAKBENCH_CODE_DIGEST");
 
+include!(concat!(env!("OUT_DIR"), "/code_digests.rs"));
+
+/// The digest of the code a stage kind defined in `source` (its `file!()`) depends on: its file,
+/// the modules it names, theirs, and so on, with the pipeline core (build/code_deps.rs). A file
+/// the build did not list (a kind defined outside src/) gets the whole crate's digest.
+pub fn code_digest_of(source: &str) -> &'static str {
+    SOURCE_DIGESTS.iter().find(|(file, _)| *file == source).map_or(CODE_DIGEST, |(_, digest)| digest)
+}
+
 /// What a stage left behind: recorded in `_state/<stage>.json` after it succeeds.
 #[derive(Serialize, Deserialize)]
 struct StageState {
@@ -203,14 +212,15 @@ fn finished(dir: &Location, state_key: &str, fingerprint: &str, stage: &PlannedS
     Ok(Some(state))
 }
 
-/// SHA-256 over the code, the stage's kind and typed configuration, its inputs' fingerprints
-/// (by slot: a table's name is not its content) and the stage's own material.
+/// SHA-256 over the code the stage's kind depends on, its kind and typed configuration, its
+/// inputs' fingerprints (by slot: a table's name is not its content) and the stage's own
+/// material. An edit elsewhere (the report, the CLI, another stage) leaves it as it was.
 fn fingerprint(stage: &PlannedStage, table_fp: &HashMap<String, String>, quiet: bool) -> Result<String> {
     let inputs: Vec<(&String, Vec<&String>)> = stage.inputs.iter().map(|(slot, tables)| (slot, tables.iter().map(|t| &table_fp[t]).collect())).collect();
     let log = |line: &str| crate::progress::info(quiet, &format!("{}: {line}", stage.name));
     let material = stage.stage.fingerprint_material(&log).with_context(|| format!("stage {}: fingerprint", stage.name))?;
     let all = serde_json::json!({
-        "code": CODE_DIGEST,
+        "code": code_digest_of(stage.kind.source),
         "kind": stage.kind.name,
         "config": stage.stage.describe(),
         "inputs": inputs,

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::context::{RunOptions, ShardScope, Tally};
 use super::plan::Plan;
-use super::run::{self, CODE_DIGEST, RunSummary, StageOutcome};
+use super::run::{self, RunSummary, StageOutcome};
 use super::stage::{PlanError, Scope};
 use crate::io::parquet::{self, Part, TableManifest};
 use crate::io::{self, Location, hex};
@@ -139,15 +139,19 @@ pub fn phases(steps: &[Step]) -> usize {
         .unwrap_or(1)
 }
 
-/// Digest of the code and of every stage (kind, wiring, typed configuration with defaults):
-/// a shard of another pipeline, or of the same one with other settings, refuses this plan.
+/// Digest of every stage (the code its kind depends on, kind, wiring, typed configuration with
+/// defaults): a shard of another pipeline, of the same one with other settings, or run by a
+/// binary whose stages would compute otherwise, refuses this plan.
 pub fn pipeline_fingerprint(plan: &Plan) -> String {
     let stages: Vec<serde_json::Value> = plan
         .stages
         .iter()
-        .map(|s| serde_json::json!({ "name": s.name, "kind": s.kind.name, "inputs": s.inputs, "outputs": s.outputs, "config": s.stage.describe() }))
+        .map(|s| {
+            let code = run::code_digest_of(s.kind.source);
+            serde_json::json!({ "name": s.name, "code": code, "kind": s.kind.name, "inputs": s.inputs, "outputs": s.outputs, "config": s.stage.describe() })
+        })
         .collect();
-    let all = serde_json::json!({ "code": CODE_DIGEST, "pipeline": plan.name, "stages": stages });
+    let all = serde_json::json!({ "pipeline": plan.name, "stages": stages });
     hex(&Sha256::digest(all.to_string().as_bytes()))
 }
 

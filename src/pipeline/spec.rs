@@ -659,6 +659,7 @@ mod tests {
     const KINDS: &[Kind] = &[
         Kind {
             name: "source",
+            source: file!(),
             summary: "",
             inputs: &[],
             optional_inputs: &[],
@@ -669,6 +670,7 @@ mod tests {
         },
         Kind {
             name: "map",
+            source: file!(),
             summary: "",
             inputs: &[Slot::new("images", ANY)],
             optional_inputs: &[],
@@ -679,6 +681,7 @@ mod tests {
         },
         Kind {
             name: "reduce",
+            source: file!(),
             summary: "",
             inputs: &[Slot::new("embeddings", ANY)],
             optional_inputs: &[],

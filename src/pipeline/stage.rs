@@ -52,6 +52,9 @@ pub enum Scope {
 /// A stage kind: what `kind = "..."` in a pipeline file selects.
 pub struct Kind {
     pub name: &'static str,
+    /// The file that defines the kind (`file!()`): the stage's fingerprint includes the digest
+    /// of the code it depends on (`run::code_digest_of`), not of the whole crate.
+    pub source: &'static str,
     pub summary: &'static str,
     pub inputs: &'static [Slot],
     /// Input slots read only when the pipeline file wires them (`inputs = { slot = "table" }`).

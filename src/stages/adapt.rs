@@ -25,6 +25,7 @@ use crate::tables::tuned_models::{self, TUNED_MODELS, TunedModel};
 
 pub const KIND: Kind = Kind {
     name: "adapt",
+    source: file!(),
     summary: "adaptive trainer: fine-tune a zoo model on the public identities' clean and cloaked pictures",
     inputs: &[Slot::new("images", images::ANY), Slot::new("cloaked_images", &[CLOAKED]), Slot::new("faces", &[FACES]), Slot::new("splits", &[SPLITS])],
     optional_inputs: &[],

@@ -21,6 +21,7 @@ use crate::tables::splits::{self, SPLITS, Side};
 
 pub const KIND: Kind = Kind {
     name: "classify",
+    source: file!(),
     summary: "fit 1-NN and a linear probe on training embeddings; predict the test split",
     inputs: &[Slot::new("splits", &[SPLITS]), Slot::new("embeddings", &[EMBEDDINGS])],
     optional_inputs: &[],

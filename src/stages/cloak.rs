@@ -36,6 +36,7 @@ use crate::tables::splits::{self, SPLITS, Splits};
 
 pub const KIND: Kind = Kind {
     name: "cloak",
+    source: file!(),
     summary: "cloak the protected users' training pictures (Fawkes, Fawkes v0.3, LowKey, anti-clustering)",
     inputs: &[Slot::new("images", images::ANY), Slot::new("faces", &[FACES]), Slot::new("splits", &[SPLITS])],
     optional_inputs: &[],

@@ -19,6 +19,7 @@ use crate::tables::splits::{self, SPLITS};
 
 pub const KIND: Kind = Kind {
     name: "cluster",
+    source: file!(),
     summary: "cluster the evaluated identities' embeddings (k-means, agglomerative): purity, NMI, own clusters",
     inputs: &[Slot::new("embeddings", &[EMBEDDINGS]), Slot::new("splits", &[SPLITS])],
     optional_inputs: &[],

@@ -24,6 +24,7 @@ use crate::tables::images::{self, Picture};
 
 pub const KIND: Kind = Kind {
     name: "detect",
+    source: file!(),
     summary: "find every face (MTCNN): boxes, five landmarks and scores, largest first",
     inputs: &[Slot::new("images", images::ANY)],
     optional_inputs: &[Slot::new("known_faces", &[FACES])],

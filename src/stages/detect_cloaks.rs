@@ -34,6 +34,7 @@ use crate::tables::splits::{self, SPLITS, Splits};
 
 pub const KIND: StageKind = StageKind {
     name: "detect_cloaks",
+    source: file!(),
     summary: "cloak detectors trained on the public identities, tested on the evaluated ones: ROC AUC, precision, recall",
     inputs: &[Slot::new("images", images::ANY), Slot::new("cloaked_images", &[CLOAKED]), Slot::new("faces", &[FACES]), Slot::new("splits", &[SPLITS])],
     optional_inputs: &[Slot::new("test_cloaked", &[CLOAKED])],

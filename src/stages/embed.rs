@@ -38,6 +38,7 @@ use crate::tables::tuned_models::{self, TUNED_MODELS};
 
 pub const KIND: Kind = Kind {
     name: "embed",
+    source: file!(),
     summary: "embed every decodable picture with a face model (batched; CUDA when available)",
     inputs: &[Slot::new("images", images::ANY)],
     optional_inputs: &[Slot::new("faces", &[FACES]), Slot::new("weights", &[TUNED_MODELS]), Slot::new("known_embeddings", &[EMBEDDINGS])],

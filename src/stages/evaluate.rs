@@ -17,6 +17,7 @@ use crate::tables::splits::{self, SPLITS};
 
 pub const KIND: Kind = Kind {
     name: "evaluate",
+    source: file!(),
     summary: "accuracy per identity and overall; protection rate for protected users",
     inputs: &[Slot::new("predictions", &[PREDICTIONS]), Slot::new("splits", &[SPLITS])],
     optional_inputs: &[],

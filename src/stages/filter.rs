@@ -28,6 +28,7 @@ use crate::tables::splits::{self, SPLITS, Side};
 
 pub const KIND: Kind = Kind {
     name: "filter",
+    source: file!(),
     summary: "re-save pictures through filters (JPEG, blur, median, bit depth, rescaling): a social network's re-encoding or a trainer's purification",
     inputs: &[Slot::new("images", images::ANY)],
     optional_inputs: &[Slot::new("splits", &[SPLITS])],

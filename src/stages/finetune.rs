@@ -29,6 +29,7 @@ use crate::tables::tuned_models::{self, TUNED_MODELS};
 
 pub const KIND: Kind = Kind {
     name: "finetune",
+    source: file!(),
     summary: "end-to-end classifier: a zoo model and a softmax layer fine-tuned on the training pictures",
     inputs: &[Slot::new("images", images::ANY), Slot::new("faces", &[FACES]), Slot::new("splits", &[SPLITS])],
     optional_inputs: &[Slot::new("weights", &[TUNED_MODELS])],

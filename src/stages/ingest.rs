@@ -32,6 +32,7 @@ use crate::tables::images::{self, IMAGES, ImageRow, Status};
 
 pub const KIND: Kind = Kind {
     name: "ingest",
+    source: file!(),
     summary: "list a dataset (folder-per-identity or manifest, local or S3) and decode every picture",
     inputs: &[],
     optional_inputs: &[],

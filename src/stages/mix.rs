@@ -18,6 +18,7 @@ use crate::tables::splits::{self, SPLITS, Side, Splits};
 
 pub const KIND: Kind = Kind {
     name: "mix",
+    source: file!(),
     summary: "the cloak fraction: a share of each protected user's training pictures cloaked, the rest leaked clean",
     inputs: &[Slot::new("images", images::ANY), Slot::new("cloaked_images", &[CLOAKED]), Slot::new("splits", &[SPLITS])],
     optional_inputs: &[],

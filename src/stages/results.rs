@@ -18,6 +18,7 @@ use crate::tables::results::{self, RESULTS, ResultRow};
 
 pub const KIND: Kind = Kind {
     name: "results",
+    source: file!(),
     summary: "gather every cell's metrics into one results table: protection per user, cloak and trainer",
     inputs: &[Slot::new("metrics", &[METRICS])],
     optional_inputs: &[],

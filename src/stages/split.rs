@@ -17,6 +17,7 @@ use crate::tables::splits::{self, Assignment, Role, SPLITS, Side};
 
 pub const KIND: Kind = Kind {
     name: "split",
+    source: file!(),
     summary: "per-identity seeded train/test split; names the protected users",
     inputs: &[Slot::new("images", images::ANY)],
     optional_inputs: &[],

@@ -14,6 +14,7 @@ use crate::tables::verification::{self, VERIFICATION, Verification};
 
 pub const KIND: Kind = Kind {
     name: "verify",
+    source: file!(),
     summary: "verification ROC AUC and equal error rate of each model's embeddings over all pairs",
     inputs: &[Slot::new("images", images::ANY), Slot::new("embeddings", &[EMBEDDINGS])],
     optional_inputs: &[],

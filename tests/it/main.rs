@@ -7,6 +7,7 @@
 mod bad_inputs;
 mod baseline;
 mod cloak;
+mod code_digests;
 mod crash;
 mod data_plane;
 mod detect;
