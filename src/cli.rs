@@ -40,7 +40,8 @@ enum Command {
         /// No progress and no log lines on stderr (results are still printed).
         #[arg(long, short)]
         quiet: bool,
-        /// Check the pipeline and print its stages (expanded, merged, in run order); run nothing.
+        /// Check the pipeline, print its stages (expanded, merged, in run order) and which of them
+        /// would run against the run folder, with why; run nothing, write nothing.
         #[arg(long)]
         dry_run: bool,
         /// After the run, write its report (as `cloakbench report`) into <run>/report/.
@@ -374,6 +375,11 @@ fn run(args: &PipelineArgs, options: RunOptions, dry_run: bool, report: bool) ->
     let plan = args.load()?;
     if dry_run {
         print_plan(&plan);
+        match pipeline::preview(&plan, options.quiet) {
+            Ok(preview) => print_preview(&preview),
+            // The plan is sound; where its run stands could not be read (an S3 bucket out of reach).
+            Err(e) => println!("what would run: cannot tell ({e:#})"),
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let summary = pipeline::run(&plan, &options)?;
@@ -479,6 +485,20 @@ fn print_plan(plan: &pipeline::Plan) {
         println!("{} tables are another stage's (identical stages run once):", plan.aliases.len());
         for (alias, real) in &plan.aliases {
             println!("  {alias} = {real}");
+        }
+    }
+}
+
+/// What a run would do now: every stage that would run, with why, and how many are up to date.
+fn print_preview(preview: &pipeline::Preview) {
+    match preview {
+        pipeline::Preview::NoRun(dir) => println!("what would run: everything (no run yet in {dir})"),
+        pipeline::Preview::Stages(dir, stages) => {
+            let runs: Vec<&(String, Option<String>)> = stages.iter().filter(|(_, why)| why.is_some()).collect();
+            println!("what would run, against {dir}: {} of {} stages ({} up to date)", runs.len(), stages.len(), stages.len() - runs.len());
+            for (name, why) in runs {
+                println!("  {name:<48} {}", why.as_deref().unwrap_or_default());
+            }
         }
     }
 }

@@ -36,5 +36,5 @@ pub mod stage;
 pub use batch::{Chunks, one_ahead};
 pub use context::{Context, Labels, RunOptions, Tally};
 pub use plan::{Plan, PlannedStage, load, parse};
-pub use run::{RunSummary, run};
+pub use run::{Preview, RunSummary, preview, run};
 pub use stage::{Kind, PlanError, Scope, Slot, Stage, StageConfig, check, plan_from};

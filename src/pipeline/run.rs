@@ -36,10 +36,35 @@ pub fn code_digest_of(source: &str) -> &'static str {
 #[derive(Serialize, Deserialize)]
 struct StageState {
     fingerprint: String,
+    /// Its parts, so that a dry run can say which changed (absent in older states).
+    #[serde(default)]
+    parts: Option<Parts>,
     outputs: Vec<String>,
     seconds: f64,
     #[serde(default)]
     tally: Tally,
+}
+
+/// A stage's fingerprint (`value`, over all of it) and a digest of each of its parts.
+#[derive(Clone, Debug)]
+pub struct Fingerprint {
+    pub value: String,
+    parts: Parts,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Parts {
+    code: String,
+    config: String,
+    inputs: String,
+    material: String,
+}
+
+impl Fingerprint {
+    /// The same parts under another value (a shard's stage: the value also covers its pictures).
+    pub(super) fn with_value(&self, value: String) -> Fingerprint {
+        Fingerprint { value, parts: self.parts.clone() }
+    }
 }
 
 /// What happened to one stage.
@@ -145,24 +170,71 @@ pub(super) fn table_labels(plan: &Plan) -> HashMap<String, Vec<(String, String)>
 }
 
 /// Every stage's fingerprint, in plan order.
-pub(super) fn fingerprints(plan: &Plan, quiet: bool) -> Result<Vec<String>> {
+pub(super) fn fingerprints(plan: &Plan, quiet: bool) -> Result<Vec<Fingerprint>> {
     // table -> fingerprint of the stage (and slot) that wrote it
     let mut table_fp: HashMap<String, String> = HashMap::new();
     let mut all = Vec::new();
     for stage in &plan.stages {
         let fingerprint = fingerprint(stage, &table_fp, quiet)?;
         for (slot, table) in &stage.outputs {
-            table_fp.insert(table.clone(), format!("{fingerprint}/{slot}"));
+            table_fp.insert(table.clone(), format!("{}/{slot}", fingerprint.value));
         }
         all.push(fingerprint);
     }
     Ok(all)
 }
 
+/// Where a plan's run stands, for a dry run: what would run and why. Reads, writes nothing.
+pub enum Preview {
+    /// No run of this pipeline in its run folder yet (named): every stage runs.
+    NoRun(String),
+    /// The run folder (named), and each stage's name with why it would run (`None`: up to date).
+    Stages(String, Vec<(String, Option<String>)>),
+}
+
+/// What a run of `plan` would do now, without taking its lease or writing anything.
+pub fn preview(plan: &Plan, quiet: bool) -> Result<Preview> {
+    let Ok(root) = Location::open(&plan.run_root) else { return Ok(Preview::NoRun(plan.run_root.clone())) };
+    let run_dir = root.child(&plan.name);
+    if !run_dir.exists("_run.json")? {
+        return Ok(Preview::NoRun(run_dir.url().to_owned()));
+    }
+    let mut stages = Vec::new();
+    for (stage, fingerprint) in plan.stages.iter().zip(fingerprints(plan, quiet)?) {
+        stages.push((stage.name.clone(), why_it_runs(&run_dir, stage, &fingerprint)?));
+    }
+    Ok(Preview::Stages(run_dir.url().to_owned(), stages))
+}
+
+/// Why `stage` would run in `run_dir`, or `None` when it is up to date.
+fn why_it_runs(run_dir: &Location, stage: &PlannedStage, fingerprint: &Fingerprint) -> Result<Option<String>> {
+    let state_key = format!("_state/{}.json", stage.name);
+    if !run_dir.exists(&state_key)? {
+        return Ok(Some("not run yet".into()));
+    }
+    let Ok(state) = serde_json::from_slice::<StageState>(&run_dir.get(&state_key)?) else { return Ok(Some("its state is unreadable".into())) };
+    if state.fingerprint == fingerprint.value {
+        let missing = stage.outputs.values().find(|t| !parquet::exists(run_dir, t).unwrap_or(false));
+        return Ok(missing.map(|t| format!("its table {t} is missing")));
+    }
+    let Some(before) = state.parts else { return Ok(Some("changed (its state predates the record of what)".into())) };
+    let now = &fingerprint.parts;
+    let changed: Vec<&str> = [
+        (before.code != now.code, "its code"),
+        (before.config != now.config, "its configuration"),
+        (before.inputs != now.inputs, "its inputs"),
+        (before.material != now.material, "its data or weights"),
+    ]
+    .into_iter()
+    .filter_map(|(differs, what)| differs.then_some(what))
+    .collect();
+    Ok(Some(format!("{} changed", changed.join(", "))))
+}
+
 /// Runs one stage in `run_dir` unless it is up to date there; `shard` when it runs in a shard.
 pub(super) fn run_stage(
     stage: &PlannedStage,
-    fingerprint: String,
+    fingerprint: Fingerprint,
     run_dir: &Location,
     options: &RunOptions,
     table_labels: &HashMap<String, Vec<(String, String)>>,
@@ -170,9 +242,9 @@ pub(super) fn run_stage(
     shard: Option<&ShardScope>,
 ) -> Result<StageOutcome> {
     let state_key = format!("_state/{}.json", stage.name);
-    let outcome = |ran, seconds, tally| StageOutcome::of(stage, &fingerprint, ran, seconds, tally);
+    let outcome = |ran, seconds, tally| StageOutcome::of(stage, &fingerprint.value, ran, seconds, tally);
     if !options.force
-        && let Some(state) = finished(run_dir, &state_key, &fingerprint, stage)?
+        && let Some(state) = finished(run_dir, &state_key, &fingerprint.value, stage)?
     {
         crate::progress::info(options.quiet, &format!("{}: up to date, skipped (--force reruns it)", stage.name));
         return Ok(outcome(false, state.seconds, state.tally));
@@ -181,11 +253,12 @@ pub(super) fn run_stage(
     run_dir.delete(&state_key)?;
     crate::progress::info(options.quiet, &format!("{}: running ({})", stage.name, stage.kind.name));
     let started = std::time::Instant::now();
-    let mut ctx = Context::new(stage, run_dir, options, &fingerprint, table_labels, shard);
+    let mut ctx = Context::new(stage, run_dir, options, &fingerprint.value, table_labels, shard);
     stage.stage.run(&mut ctx).with_context(|| format!("stage {} ({})", stage.name, stage.kind.name))?;
     report.append(&mut ctx.report);
     let state = StageState {
-        fingerprint: fingerprint.clone(),
+        fingerprint: fingerprint.value.clone(),
+        parts: Some(fingerprint.parts.clone()),
         outputs: stage.outputs.values().cloned().collect(),
         seconds: started.elapsed().as_secs_f64(),
         tally: ctx.tally,
@@ -215,18 +288,27 @@ fn finished(dir: &Location, state_key: &str, fingerprint: &str, stage: &PlannedS
 /// SHA-256 over the code the stage's kind depends on, its kind and typed configuration, its
 /// inputs' fingerprints (by slot: a table's name is not its content) and the stage's own
 /// material. An edit elsewhere (the report, the CLI, another stage) leaves it as it was.
-fn fingerprint(stage: &PlannedStage, table_fp: &HashMap<String, String>, quiet: bool) -> Result<String> {
+fn fingerprint(stage: &PlannedStage, table_fp: &HashMap<String, String>, quiet: bool) -> Result<Fingerprint> {
     let inputs: Vec<(&String, Vec<&String>)> = stage.inputs.iter().map(|(slot, tables)| (slot, tables.iter().map(|t| &table_fp[t]).collect())).collect();
     let log = |line: &str| crate::progress::info(quiet, &format!("{}: {line}", stage.name));
     let material = stage.stage.fingerprint_material(&log).with_context(|| format!("stage {}: fingerprint", stage.name))?;
+    let code = code_digest_of(stage.kind.source);
+    let config = stage.stage.describe();
     let all = serde_json::json!({
-        "code": code_digest_of(stage.kind.source),
+        "code": code,
         "kind": stage.kind.name,
-        "config": stage.stage.describe(),
+        "config": config,
         "inputs": inputs,
         "material": material,
     });
-    Ok(hex(&Sha256::digest(all.to_string().as_bytes())))
+    let digest = |part: &serde_json::Value| hex(&Sha256::digest(part.to_string().as_bytes()));
+    let parts = Parts {
+        code: code.to_owned(),
+        config: digest(&serde_json::json!([stage.kind.name, config])),
+        inputs: digest(&serde_json::json!(inputs)),
+        material: digest(&material),
+    };
+    Ok(Fingerprint { value: digest(&all), parts })
 }
 
 /// How long an S3 run lease lives unless renewed (`CLOAKBENCH_LEASE_TTL_S`, default 120 s):

@@ -309,7 +309,7 @@ pub fn run_shard(plan: &Plan, index: usize, expected_shards: Option<usize>, opti
     let (mut parts, mut tallies, mut tally) = (BTreeMap::new(), BTreeMap::new(), Tally::default());
     for &i in &here {
         let stage = &plan.stages[i];
-        let fingerprint = hex(&Sha256::digest(format!("{}/shard/{keys_digest}", fingerprints[i]).as_bytes()));
+        let fingerprint = fingerprints[i].with_value(hex(&Sha256::digest(format!("{}/shard/{keys_digest}", fingerprints[i].value).as_bytes())));
         let outcome = run::run_stage(stage, fingerprint, &shard_dir, options, &table_labels, &mut report, Some(&scope))?;
         for table in stage.outputs.values() {
             let mut part = parquet::describe_part(&shard_dir, &format!("{table}.parquet"))?;
@@ -352,7 +352,7 @@ pub fn commit(plan: &Plan, options: &RunOptions) -> Result<Committed> {
                     .iter()
                     .position(|s| s.name == name)
                     .with_context(|| format!("{}: names a stage {name} the plan lacks", run_dir.url_of(&commit_key(phase))))?;
-                summary.stages.push(StageOutcome::of(&plan.stages[i], &fingerprints[i], ran, seconds, tally));
+                summary.stages.push(StageOutcome::of(&plan.stages[i], &fingerprints[i].value, ran, seconds, tally));
             }
             continue;
         }
@@ -375,7 +375,14 @@ pub fn commit(plan: &Plan, options: &RunOptions) -> Result<Committed> {
 
 /// Checks every shard marker of `phase` and every part's digest, then writes the manifest of
 /// each table the phase's shards wrote. Returns the shard stages' outcomes, tallies summed.
-fn commit_shards(plan: &Plan, steps: &[Step], fingerprints: &[String], shard_plan: &ShardPlan, run_dir: &Location, phase: usize) -> Result<Vec<StageOutcome>> {
+fn commit_shards(
+    plan: &Plan,
+    steps: &[Step],
+    fingerprints: &[run::Fingerprint],
+    shard_plan: &ShardPlan,
+    run_dir: &Location,
+    phase: usize,
+) -> Result<Vec<StageOutcome>> {
     let mut markers = Vec::new();
     let mut missing = Vec::new();
     for k in 0..shard_plan.shards {
@@ -405,7 +412,7 @@ fn commit_shards(plan: &Plan, steps: &[Step], fingerprints: &[String], shard_pla
         for table in stage.outputs.values() {
             write_table_manifest(run_dir, table, &markers)?;
         }
-        outcomes.push(StageOutcome::of(stage, &fingerprints[i], true, markers.iter().map(|m| m.seconds).sum(), tally));
+        outcomes.push(StageOutcome::of(stage, &fingerprints[i].value, true, markers.iter().map(|m| m.seconds).sum(), tally));
     }
     Ok(outcomes)
 }

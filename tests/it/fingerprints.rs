@@ -100,12 +100,77 @@ fn replaced_weights_rerun_the_stages_that_use_them() {
     let args = ["run", "pipelines/baseline.toml", "--set", &set, "--set", "embed.model=tiny_user_net", "--run-root", root.to_str().unwrap()];
     cloakbench(&args, &env);
     assert_eq!(text(&cloakbench(&args, &env).stderr).matches("up to date, skipped").count(), 5);
-    // The same file, exported again with other weights: embed and what follows rerun.
+    // The same file, exported again with other weights: embed and what follows rerun, as a dry
+    // run says first.
     python_check("make_torchscript_model.py", &[models.to_str().unwrap(), "1"], &[]);
+    let dry = text(&cloakbench(&[&args[..], &["--dry-run"]].concat(), &env).stdout);
+    assert!(dry.contains("3 of 5 stages (2 up to date)"), "{dry}");
+    assert!(would_run(&dry, "embed", "its data or weights changed"), "{dry}");
+    assert!(would_run(&dry, "classify", "its inputs changed") && would_run(&dry, "evaluate", "its inputs changed"), "{dry}");
     let log = text(&cloakbench(&args, &env).stderr);
     assert!(log.contains("ingest: up to date") && log.contains("split: up to date"), "{log}");
     for stage in ["embed", "classify", "evaluate"] {
         assert!(ran(&log, stage), "{stage} was not rerun with other weights:\n{log}");
     }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A dry run's lines after the plan: what would run.
+fn preview(dry_run: &str) -> &str {
+    dry_run.split_once("what would run").map_or("", |(_, rest)| rest)
+}
+
+/// Whether a dry run's output lists `stage` as one that would run, because of `why`.
+fn would_run(dry_run: &str, stage: &str, why: &str) -> bool {
+    preview(dry_run).lines().any(|l| l.split_whitespace().next() == Some(stage) && l.trim_end().ends_with(why))
+}
+
+/// Every file under `dir` with its length and modification time.
+fn listing(dir: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(listing(&path));
+        } else {
+            let meta = std::fs::metadata(&path).unwrap();
+            out.push((path, meta.len(), meta.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_dry_run_says_which_stages_would_run_and_why_and_writes_nothing() {
+    let dir = scratch("fingerprint-dry-run");
+    let root = dir.join("runs");
+    let set = format!("ingest.dataset={}", shared("datasets/fixture_facescrub12x10").display());
+    let args = ["run", "pipelines/baseline.toml", "--set", &set, "--run-root", root.to_str().unwrap()];
+    let dry = |more: &[&str]| text(&cloakbench(&[&args[..], &["--dry-run"], more].concat(), &[]).stdout);
+    assert!(dry(&[]).contains("what would run: everything (no run yet in"), "{}", dry(&[]));
+    assert!(!root.exists(), "a dry run made the run folder");
+    cloakbench(&args, &[]);
+    let before = listing(&root);
+    assert!(dry(&[]).contains("0 of 5 stages (5 up to date)"), "{}", dry(&[]));
+
+    // Another split: the split runs for its configuration, what reads its table for its inputs;
+    // the embeddings, made from the pictures alone, stay.
+    let reseeded = dry(&["--set", "split.seed=3"]);
+    assert!(reseeded.contains("3 of 5 stages (2 up to date)"), "{reseeded}");
+    assert!(would_run(&reseeded, "split", "its configuration changed"), "{reseeded}");
+    assert!(would_run(&reseeded, "classify", "its inputs changed") && would_run(&reseeded, "evaluate", "its inputs changed"), "{reseeded}");
+    assert!(!preview(&reseeded).lines().any(|l| l.trim_start().starts_with("embed ")), "{reseeded}");
+
+    // A table lost: its stage runs again, alone.
+    std::fs::remove_file(root.join("baseline/embeddings.parquet")).unwrap();
+    let lost = dry(&[]);
+    assert!(lost.contains("1 of 5 stages") && would_run(&lost, "embed", "its table embeddings is missing"), "{lost}");
+
+    let mut after = listing(&root);
+    after.retain(|(p, _, _)| !p.ends_with("embeddings.parquet"));
+    let mut expected = before.clone();
+    expected.retain(|(p, _, _)| !p.ends_with("embeddings.parquet"));
+    assert_eq!(after, expected, "a dry run wrote in the run folder");
     std::fs::remove_dir_all(dir).ok();
 }
