@@ -46,14 +46,19 @@ fn write_source_digests() {
     std::fs::write(&out, code).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 }
 
-/// SHA-256 over every file of src/ and schemas/, Cargo.lock and this script, by path.
+/// SHA-256 over every file of src/ and schemas/, the Cargo files and the build script, by path.
 fn code_digest() -> String {
     let mut files = Vec::new();
     for dir in ["src", "schemas"] {
         println!("cargo:rerun-if-changed={dir}");
         collect(Path::new(dir), &mut files);
     }
-    files.extend([PathBuf::from("Cargo.lock"), PathBuf::from("build.rs"), PathBuf::from("build/code_deps.rs")]);
+    // Named, or cargo would not run this script again when only the dependencies change (once a
+    // script names any path, cargo watches those alone).
+    for file in ["Cargo.lock", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    files.extend(["Cargo.lock", "Cargo.toml", "build.rs", "build/code_deps.rs"].map(PathBuf::from));
     files.sort();
     let mut h = Sha256::new();
     for f in files {
