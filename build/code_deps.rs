@@ -86,7 +86,11 @@ impl Crate {
         let mut h = Sha256::new();
         for dependency in self.dependencies(file) {
             h.update(dependency.to_string_lossy().as_bytes());
-            h.update(std::fs::read(self.root.join(&dependency))?);
+            // Sources were read once by `read`; only the other files (cards, schemas, Cargo's) here.
+            match self.texts.get(&dependency) {
+                Some(text) => h.update(text.as_bytes()),
+                None => h.update(std::fs::read(self.root.join(&dependency))?),
+            }
         }
         Ok(h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect())
     }

@@ -208,27 +208,26 @@ pub fn preview(plan: &Plan, quiet: bool) -> Result<Preview> {
 
 /// Why `stage` would run in `run_dir`, or `None` when it is up to date.
 fn why_it_runs(run_dir: &Location, stage: &PlannedStage, fingerprint: &Fingerprint) -> Result<Option<String>> {
-    let state_key = format!("_state/{}.json", stage.name);
-    if !run_dir.exists(&state_key)? {
-        return Ok(Some("not run yet".into()));
-    }
-    let Ok(state) = serde_json::from_slice::<StageState>(&run_dir.get(&state_key)?) else { return Ok(Some("its state is unreadable".into())) };
-    if state.fingerprint == fingerprint.value {
-        let missing = stage.outputs.values().find(|t| !parquet::exists(run_dir, t).unwrap_or(false));
-        return Ok(missing.map(|t| format!("its table {t} is missing")));
-    }
-    let Some(before) = state.parts else { return Ok(Some("changed (its state predates the record of what)".into())) };
-    let now = &fingerprint.parts;
-    let changed: Vec<&str> = [
-        (before.code != now.code, "its code"),
-        (before.config != now.config, "its configuration"),
-        (before.inputs != now.inputs, "its inputs"),
-        (before.material != now.material, "its data or weights"),
-    ]
-    .into_iter()
-    .filter_map(|(differs, what)| differs.then_some(what))
-    .collect();
-    Ok(Some(format!("{} changed", changed.join(", "))))
+    Ok(match standing(run_dir, stage, &fingerprint.value)? {
+        Standing::Done(_) => None,
+        Standing::NotRun => Some("not run yet".into()),
+        Standing::Unreadable => Some("its state is unreadable".into()),
+        Standing::Missing(table) => Some(format!("its table {table} is missing")),
+        Standing::Changed(None) => Some("changed (its state predates the record of what)".into()),
+        Standing::Changed(Some(before)) => {
+            let now = &fingerprint.parts;
+            let changed: Vec<&str> = [
+                (before.code != now.code, "its code"),
+                (before.config != now.config, "its configuration"),
+                (before.inputs != now.inputs, "its inputs"),
+                (before.material != now.material, "its data or weights"),
+            ]
+            .into_iter()
+            .filter_map(|(differs, what)| differs.then_some(what))
+            .collect();
+            Some(format!("{} changed", changed.join(", ")))
+        }
+    })
 }
 
 /// Runs one stage in `run_dir` unless it is up to date there; `shard` when it runs in a shard.
@@ -241,10 +240,10 @@ pub(super) fn run_stage(
     report: &mut Vec<String>,
     shard: Option<&ShardScope>,
 ) -> Result<StageOutcome> {
-    let state_key = format!("_state/{}.json", stage.name);
+    let state_key = state_key(stage);
     let outcome = |ran, seconds, tally| StageOutcome::of(stage, &fingerprint.value, ran, seconds, tally);
     if !options.force
-        && let Some(state) = finished(run_dir, &state_key, &fingerprint.value, stage)?
+        && let Standing::Done(state) = standing(run_dir, stage, &fingerprint.value)?
     {
         crate::progress::info(options.quiet, &format!("{}: up to date, skipped (--force reruns it)", stage.name));
         return Ok(outcome(false, state.seconds, state.tally));
@@ -268,21 +267,37 @@ pub(super) fn run_stage(
     Ok(outcome(true, state.seconds, state.tally))
 }
 
-/// The recorded state of a stage that is done: its fingerprint matches and its tables exist.
-fn finished(dir: &Location, state_key: &str, fingerprint: &str, stage: &PlannedStage) -> Result<Option<StageState>> {
-    if !dir.exists(state_key)? {
-        return Ok(None);
+/// Where a stage stands in a run folder against its fingerprint now.
+enum Standing {
+    /// Its fingerprint matches and its tables exist: the recorded state.
+    Done(StageState),
+    NotRun,
+    Unreadable,
+    /// Its fingerprint matches but this table of its is gone.
+    Missing(String),
+    /// Its fingerprint differs: the parts it was made of (absent in older states).
+    Changed(Option<Parts>),
+}
+
+fn state_key(stage: &PlannedStage) -> String {
+    format!("_state/{}.json", stage.name)
+}
+
+fn standing(dir: &Location, stage: &PlannedStage, fingerprint: &str) -> Result<Standing> {
+    let state_key = state_key(stage);
+    if !dir.exists(&state_key)? {
+        return Ok(Standing::NotRun);
     }
-    let Ok(state) = serde_json::from_slice::<StageState>(&dir.get(state_key)?) else { return Ok(None) };
+    let Ok(state) = serde_json::from_slice::<StageState>(&dir.get(&state_key)?) else { return Ok(Standing::Unreadable) };
     if state.fingerprint != fingerprint {
-        return Ok(None);
+        return Ok(Standing::Changed(state.parts));
     }
     for t in stage.outputs.values() {
         if !parquet::exists(dir, t)? {
-            return Ok(None);
+            return Ok(Standing::Missing(t.clone()));
         }
     }
-    Ok(Some(state))
+    Ok(Standing::Done(state))
 }
 
 /// SHA-256 over the code the stage's kind depends on, its kind and typed configuration, its
