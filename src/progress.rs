@@ -59,7 +59,7 @@ impl Progress {
     fn line(&self) -> String {
         let rate = self.rate();
         let eta = (self.total.saturating_sub(self.done)) as f64 / rate.max(1e-9);
-        format!("{}: {}/{} {} ({rate:.1}/s, ETA {eta:.0} s)", self.stage, self.done, self.total, self.unit)
+        format!("{}: {}/{} {} ({}, ETA {})", self.stage, self.done, self.total, self.unit, pace(rate), duration(eta))
     }
 
     /// Ends the display with a summary line.
@@ -69,7 +69,46 @@ impl Progress {
         }
         if !self.quiet {
             let secs = self.started.elapsed().as_secs_f64();
-            eprintln!("[cloakbench] {}: {} {} in {secs:.1} s ({:.1}/s)", self.stage, self.done, self.unit, self.rate());
+            eprintln!("[cloakbench] {}: {} {} in {secs:.1} s ({})", self.stage, self.done, self.unit, pace(self.rate()));
         }
+    }
+}
+
+/// A rate as people read it: items per second when there are several a second, seconds per
+/// item when each takes longer (a LowKey picture takes 5-20 s on CPU, which "0.1/s" hides).
+fn pace(items_per_s: f64) -> String {
+    if items_per_s >= 1.0 || items_per_s <= 0.0 { format!("{items_per_s:.1}/s") } else { format!("{:.1} s each", 1.0 / items_per_s) }
+}
+
+/// Seconds as hours and minutes once they run past a few minutes.
+fn duration(secs: f64) -> String {
+    let secs = secs.round() as u64;
+    let minutes = (secs + 30) / 60;
+    match secs {
+        0..=299 => format!("{secs} s"),
+        300..=5999 => format!("{minutes} min"),
+        _ => format!("{} h {:02} min", minutes / 60, minutes % 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_items_show_seconds_each_and_fast_ones_a_rate() {
+        assert_eq!(pace(12.34), "12.3/s");
+        assert_eq!(pace(1.0), "1.0/s");
+        assert_eq!(pace(0.046), "21.7 s each");
+        assert_eq!(pace(0.0), "0.0/s");
+    }
+
+    #[test]
+    fn long_waits_read_in_minutes_and_hours() {
+        assert_eq!(duration(42.4), "42 s");
+        assert_eq!(duration(299.0), "299 s");
+        assert_eq!(duration(330.0), "6 min");
+        assert_eq!(duration(11_743.0), "3 h 16 min");
+        assert_eq!(duration(7_195.0), "2 h 00 min");
     }
 }
