@@ -168,3 +168,56 @@ fn every_stage_kind_has_its_own_code_digest_from_the_build() {
     let krate = Crate::read(&crate::repo()).unwrap();
     assert_eq!(krate.digest(Path::new("src/stages/cloak.rs")).unwrap(), of("cloak"));
 }
+
+/// Calls that change state the whole process shares (thread counts, the allocator, the
+/// environment, the working directory): a stage's results can depend on them without its code
+/// naming the file that made them, which its code digest cannot see.
+const PROCESS_WIDE_SETTERS: &[&str] =
+    &["set_num_threads(", "set_num_interop_threads(", "env::set_var(", "env::remove_var(", "mallopt(", "build_global(", "set_current_dir("];
+
+/// Files allowed to call them although not every stage's digest covers them, and why.
+const SETTERS_OUTSIDE_THE_DIGESTS: &[(&str, &str)] = &[
+    ("src/face/mtcnn.rs", "sets its own worker threads' count and restores the process's before it returns"),
+    ("src/commands/bench.rs", "benchmarks only, never part of a run"),
+];
+
+#[test]
+fn process_wide_state_is_set_only_where_every_stage_digest_sees_it() {
+    let root = crate::repo();
+    let krate = Crate::read(&root).unwrap();
+    let mut in_every_digest: Option<std::collections::BTreeSet<PathBuf>> = None;
+    for kind in KINDS {
+        let deps = krate.dependencies(Path::new(kind.source));
+        in_every_digest = Some(match in_every_digest {
+            None => deps,
+            Some(so_far) => so_far.intersection(&deps).cloned().collect(),
+        });
+    }
+    let in_every_digest = in_every_digest.unwrap();
+    assert!(in_every_digest.contains(Path::new("src/runtime.rs")), "runtime.rs, where runs set process-wide state, left a stage's digest");
+    let mut offenders = Vec::new();
+    for file in krate.sources() {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let code = text.lines().filter(|line| !line.trim_start().starts_with("//"));
+        let sets = code.flat_map(|line| PROCESS_WIDE_SETTERS.iter().filter(move |s| line.contains(**s))).next();
+        let name = file.to_string_lossy();
+        let excused = SETTERS_OUTSIDE_THE_DIGESTS.iter().any(|(f, _)| *f == name);
+        if let Some(setter) = sets
+            && !in_every_digest.contains(file)
+            && !excused
+        {
+            offenders.push(format!("{name} calls {setter}.."));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "process-wide state set where some stage's code digest cannot see it: {offenders:?}; \
+         set it in src/runtime.rs (every stage's digest covers it), or restore it before returning \
+         and list the file in SETTERS_OUTSIDE_THE_DIGESTS with the reason"
+    );
+    // The excuses stay true: each excused file still exists and still needs one.
+    for (file, why) in SETTERS_OUTSIDE_THE_DIGESTS {
+        let text = std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file} ({why}): {e}"));
+        assert!(PROCESS_WIDE_SETTERS.iter().any(|s| text.contains(s)), "{file} no longer sets process-wide state: drop its excuse");
+    }
+}
