@@ -4,6 +4,11 @@
 //! before training (`pictures = "train"`, the default: test pictures stay clean; blur, median,
 //! bit-depth reduction, down- and up-scaling, JPEG, several at once).
 //!
+//! A third use frames a dataset before anything else reads it: `pictures = "all"` with a
+//! centred crop and a resize, wired between `ingest` and the stages that read `images`
+//! (`pipelines/adaptive_lowkey112_lfw.toml` cuts lfw158 to the face at 112 x 112, as FaceCure
+//! ran LowKey).
+//!
 //! ```toml
 //! filters = [{ kind = "median", radius = 1 }, { kind = "jpeg", quality = 75 }]
 //! ```
@@ -65,6 +70,12 @@ pub enum PictureFilter {
     Rescale { factor: f64 },
     /// Shrink so the longer side fits `max_side` (never enlarges).
     Shrink { max_side: u32 },
+    /// Keep the centred `fraction` (0..1] of each side: a frame cut down to the face in its
+    /// middle, as FaceScrub's pictures come cut to their face boxes.
+    Crop { fraction: f64 },
+    /// Resize to exactly `width` x `height`, shrinking or enlarging (FaceCure resized every
+    /// picture to 112 x 112 before LowKey).
+    Resize { width: u32, height: u32 },
 }
 
 /// Configuration of the `filter` stage.
@@ -105,6 +116,11 @@ impl StageConfig for Filter {
                 PictureFilter::Bits { bits } => check((1..=7).contains(&bits), "filters: bits", bits, "within 1..7")?,
                 PictureFilter::Rescale { factor } => check(factor > 0.0 && factor < 1.0, "filters: rescale factor", factor, "between 0 and 1")?,
                 PictureFilter::Shrink { max_side } => check(max_side >= 1, "filters: shrink max_side", max_side, "at least 1")?,
+                PictureFilter::Crop { fraction } => check(fraction > 0.0 && fraction <= 1.0, "filters: crop fraction", fraction, "within (0, 1]")?,
+                PictureFilter::Resize { width, height } => {
+                    check((1..=8192).contains(&width), "filters: resize width", width, "within 1..8192")?;
+                    check((1..=8192).contains(&height), "filters: resize height", height, "within 1..8192")?
+                }
             }
         }
         self.limits.check()
@@ -224,6 +240,8 @@ pub fn apply(mut rgb: RgbImage, filters: &[PictureFilter]) -> Result<(RgbImage, 
                 resize(&small, w, h)
             }
             PictureFilter::Shrink { max_side } => shrink(rgb, max_side),
+            PictureFilter::Crop { fraction } => centre_crop(&rgb, fraction),
+            PictureFilter::Resize { width, height } => resize(&rgb, width, height),
         };
     }
     match last_jpeg {
@@ -243,6 +261,8 @@ fn describe(f: &PictureFilter) -> String {
         PictureFilter::Bits { bits } => format!("{bits} bits per channel"),
         PictureFilter::Rescale { factor } => format!("rescaled by {factor} and back"),
         PictureFilter::Shrink { max_side } => format!("longer side <= {max_side}"),
+        PictureFilter::Crop { fraction } => format!("centred crop to {fraction} of each side"),
+        PictureFilter::Resize { width, height } => format!("resized to {width}x{height}"),
     }
 }
 
@@ -254,6 +274,13 @@ fn shrink(rgb: RgbImage, max_side: u32) -> RgbImage {
     }
     let s = max_side as f64 / longer as f64;
     resize(&rgb, ((rgb.width() as f64 * s).round() as u32).max(1), ((rgb.height() as f64 * s).round() as u32).max(1))
+}
+
+/// The centred `fraction` of each side (at least one pixel).
+fn centre_crop(rgb: &RgbImage, fraction: f64) -> RgbImage {
+    let (w, h) = rgb.dimensions();
+    let (cw, ch) = (((w as f64 * fraction).round() as u32).clamp(1, w), ((h as f64 * fraction).round() as u32).clamp(1, h));
+    image::imageops::crop_imm(rgb, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image()
 }
 
 /// Median of each (2r+1)² window, per channel; the window is clipped at the edges.
@@ -310,6 +337,12 @@ mod tests {
         assert!(bytes.starts_with(&[0xFF, 0xD8]), "the last JPEG's own bytes are written");
         let (out, _, _) = apply(RgbImage::new(400, 100), &[PictureFilter::Shrink { max_side: 200 }]).unwrap();
         assert_eq!(out.dimensions(), (200, 50));
+        let (out, _, _) = apply(rgb.clone(), &[PictureFilter::Crop { fraction: 0.5 }]).unwrap();
+        assert_eq!(out.dimensions(), (10, 5));
+        assert_eq!(out.get_pixel(0, 0), rgb.get_pixel(5, 2), "the crop is centred");
+        assert_eq!(out.get_pixel(9, 4), rgb.get_pixel(14, 6));
+        let (out, _, _) = apply(rgb.clone(), &[PictureFilter::Resize { width: 30, height: 30 }]).unwrap();
+        assert_eq!(out.dimensions(), (30, 30), "resize enlarges too, and to any aspect");
     }
 
     #[test]
@@ -322,5 +355,7 @@ mod tests {
         assert!(plan("filters = [{ kind = 'jpeg', quality = 0 }]").unwrap().contains("quality = 0"));
         assert!(plan("filters = [{ kind = 'sharpen' }]").unwrap().contains("unknown variant"));
         assert!(plan("filters = [{ kind = 'median', radius = 1 }]\npictures = 'all'").is_none());
+        assert!(plan("filters = [{ kind = 'crop', fraction = 1.5 }]").unwrap().contains("fraction = 1.5"));
+        assert!(plan("filters = [{ kind = 'resize', width = 0, height = 112 }]").unwrap().contains("width = 0"));
     }
 }
