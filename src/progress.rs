@@ -3,6 +3,7 @@
 //! On a terminal a progress bar shows items done, rate and ETA; when stderr is a file or a
 //! pipe (CI, batch schedulers) the same facts come as a line every few seconds instead.
 
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ pub struct Progress {
     done: u64,
     started: Instant,
     last_line: Instant,
+    recent: RecentPace,
     bar: Option<ProgressBar>,
     quiet: bool,
 }
@@ -37,7 +39,7 @@ impl Progress {
             bar
         });
         let now = Instant::now();
-        Progress { stage: stage.into(), unit: unit.into(), total, done: 0, started: now, last_line: now, bar, quiet }
+        Progress { stage: stage.into(), unit: unit.into(), total, done: 0, started: now, last_line: now, recent: RecentPace::default(), bar, quiet }
     }
 
     /// Records `n` more items done.
@@ -47,7 +49,8 @@ impl Progress {
             bar.inc(n);
         } else if !self.quiet && self.last_line.elapsed() >= Duration::from_secs(5) {
             self.last_line = Instant::now();
-            eprintln!("[cloakbench] {}", self.line());
+            let rate = self.recent.record(self.started.elapsed(), self.done);
+            eprintln!("[cloakbench] {}", self.line(rate));
         }
     }
 
@@ -56,10 +59,11 @@ impl Progress {
         self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
     }
 
-    fn line(&self) -> String {
-        let rate = self.rate();
-        let eta = (self.total.saturating_sub(self.done)) as f64 / rate.max(1e-9);
-        format!("{}: {}/{} {} ({}, ETA {})", self.stage, self.done, self.total, self.unit, pace(rate), duration(eta))
+    /// A progress line at `rate` items per second.
+    fn line(&self, rate: f64) -> String {
+        let left = self.total.saturating_sub(self.done);
+        let eta = if rate > 0.0 { duration(left as f64 / rate) } else { "unknown".into() };
+        format!("{}: {}/{} {} ({}, ETA {eta})", self.stage, self.done, self.total, self.unit, pace(rate))
     }
 
     /// Ends the display with a summary line.
@@ -71,6 +75,37 @@ impl Progress {
             let secs = self.started.elapsed().as_secs_f64();
             eprintln!("[cloakbench] {}: {} {} in {secs:.1} s ({})", self.stage, self.done, self.unit, pace(self.rate()));
         }
+    }
+}
+
+/// How far back the pace of a progress line looks: long enough to smooth over a few slow
+/// items, short enough that the ETA follows a machine that got busier or freer. (The rate since
+/// the stage began kept a LowKey cloak's ETA at 3 hours for minutes after a build beside it
+/// ended, when the pace had gone back to one picture in 6 s: 50 minutes.)
+const PACE_WINDOW: Duration = Duration::from_secs(180);
+
+/// Items done at the moments progress lines were written, back to one at least
+/// [`PACE_WINDOW`] old.
+struct RecentPace {
+    samples: VecDeque<(Duration, u64)>,
+}
+
+impl Default for RecentPace {
+    fn default() -> RecentPace {
+        RecentPace { samples: VecDeque::from([(Duration::ZERO, 0)]) }
+    }
+}
+
+impl RecentPace {
+    /// Records `done` items at `at` (since the start) and returns the items per second over
+    /// the window.
+    fn record(&mut self, at: Duration, done: u64) -> f64 {
+        self.samples.push_back((at, done));
+        while self.samples.len() > 2 && at.saturating_sub(self.samples[1].0) >= PACE_WINDOW {
+            self.samples.pop_front();
+        }
+        let (since, done_then) = self.samples[0];
+        done.saturating_sub(done_then) as f64 / at.saturating_sub(since).as_secs_f64().max(1e-9)
     }
 }
 
@@ -101,6 +136,21 @@ mod tests {
         assert_eq!(pace(1.0), "1.0/s");
         assert_eq!(pace(0.046), "21.7 s each");
         assert_eq!(pace(0.0), "0.0/s");
+    }
+
+    #[test]
+    fn the_pace_follows_the_last_minutes_not_the_whole_stage() {
+        let mut recent = RecentPace::default();
+        let mut rate = 0.0;
+        // 10 minutes at 1 item/s, then 5 minutes at one item every 10 s, a line every 5 s.
+        for t in (5..=900).step_by(5) {
+            let done = if t <= 600 { t } else { 600 + (t - 600) / 10 };
+            rate = recent.record(Duration::from_secs(t), done);
+        }
+        assert!((0.09..=0.12).contains(&rate), "recent pace {rate}, where the whole stage's is 0.7/s");
+        assert!(recent.samples.len() <= 40, "only the window is kept: {}", recent.samples.len());
+        let mut fresh = RecentPace::default();
+        assert_eq!(fresh.record(Duration::from_secs(10), 5), 0.5, "before the window fills, the pace since the start");
     }
 
     #[test]
