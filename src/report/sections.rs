@@ -797,12 +797,20 @@ fn pictures_section(run: &Run, out: &Location) -> Result<Option<Section>> {
     for t in run.of_schema("cloaked_images").filter(|t| run.writer(&t.name).is_none_or(|s| s["kind"] == "cloak")) {
         let faces = cloak_rows_beside(run, t)?;
         let rows = images::read(&t.batches)?;
-        let mut cloaked: Vec<&images::ImageRow> = rows.iter().filter(|r| r.uri != r.original_uri && faces.contains_key(&r.image_id)).collect();
+        // The pictures the cloak read (framed ones, where a filter ran first), else the dataset's.
+        let read = run.writer(&t.name).and_then(|s| s["inputs"]["images"][0].as_str()).and_then(|name| run.table(name));
+        let before = match read {
+            Some(table) => images::read(&table.batches)?,
+            None => rows.iter().map(|r| images::ImageRow { uri: r.original_uri.clone(), ..r.clone() }).collect(),
+        };
+        let replaced = images::replaced(&before, &rows);
+        let before_uri: HashMap<&str, &str> = before.iter().map(|r| (r.image_id.as_str(), r.uri.as_str())).collect();
+        let mut cloaked: Vec<&images::ImageRow> = rows.iter().filter(|r| replaced.contains(&r.image_id) && faces.contains_key(&r.image_id)).collect();
         let is_protected = |r: &&images::ImageRow| splits.as_ref().is_some_and(|s| s.protected.contains(&r.identity));
         cloaked.sort_by_key(|r| (!is_protected(r), r.image_id.clone()));
         let mut pairs = Vec::new();
         for r in cloaked.into_iter().take(PICTURES_PER_CLOAK) {
-            match (fetch(&r.original_uri), fetch(&r.uri)) {
+            match (fetch(before_uri[r.image_id.as_str()]), fetch(&r.uri)) {
                 (Ok(original), Ok(cloaked)) => pairs.push(Pair { label: r.rel_path.clone(), original, cloaked, face_dssim: faces.get(&r.image_id).copied() }),
                 (Err(e), _) | (_, Err(e)) => {
                     let _ = write!(body, "<p class=\"note\">{}: {}</p>", escape(&r.rel_path), escape(&format!("{e:#}")));

@@ -19,7 +19,7 @@ use crate::learn::finetune::{ScheduleSetting, check_model, fine_tune};
 use crate::models::{self, DeviceChoice};
 use crate::pipeline::{Context, Kind, Scope, Slot, StageConfig, check, plan_from};
 use crate::tables::faces::{self, FACES};
-use crate::tables::images::{self, CLOAKED, Picture, Status};
+use crate::tables::images::{self, CLOAKED, ImageRow, Picture, Status};
 use crate::tables::splits::{self, SPLITS};
 use crate::tables::tuned_models::{self, TUNED_MODELS, TunedModel};
 
@@ -78,12 +78,14 @@ impl StageConfig for Adapt {
         }
         let index: HashMap<&str, usize> = public.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
         // The public identities' clean pictures, and their cloaked copies, with their labels.
-        let clean = images::ok_pictures(&ctx.read("images")?)?;
-        let cloaked: Vec<Picture> = images::read(&ctx.read("cloaked_images")?)?
-            .iter()
-            .filter(|r| r.status == Status::Ok && r.uri != r.original_uri)
-            .map(|r| r.picture())
-            .collect::<Result<_>>()?;
+        let clean_rows = images::read(&ctx.read("images")?)?;
+        let cloaked_rows = images::read(&ctx.read("cloaked_images")?)?;
+        let replaced = images::replaced(&clean_rows, &cloaked_rows);
+        let ok_pictures = |rows: &[ImageRow], keep: &dyn Fn(&ImageRow) -> bool| -> Result<Vec<Picture>> {
+            rows.iter().filter(|r| r.status == Status::Ok && keep(r)).map(ImageRow::picture).collect()
+        };
+        let clean = ok_pictures(&clean_rows, &|_| true)?;
+        let cloaked = ok_pictures(&cloaked_rows, &|r| replaced.contains(&r.image_id))?;
         let labelled = |pictures: Vec<Picture>| -> Vec<(Picture, usize)> {
             pictures.into_iter().filter_map(|p| index.get(p.identity.as_str()).map(|&l| (p, l))).collect()
         };

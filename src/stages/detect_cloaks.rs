@@ -140,7 +140,7 @@ impl StageConfig for DetectCloaks {
         };
         let clean_test = Set { name: "clean".into(), pictures: evaluated_clean(&clean, &splits)? };
         let cloaked_tests: Vec<Set> =
-            tests.iter().map(|(l, rows)| Ok(Set { name: cells(l), pictures: evaluated_cloaked(rows, &splits)? })).collect::<Result<_>>()?;
+            tests.iter().map(|(l, rows)| Ok(Set { name: cells(l), pictures: evaluated_cloaked(&clean, rows, &splits)? })).collect::<Result<_>>()?;
         ctx.log(&format!(
             "training on {} public pictures ({trained_on}), testing on {} clean and {:?} cloaked pictures",
             train.pictures.len(),
@@ -223,7 +223,8 @@ fn cells(labels: &Labels) -> String {
 fn training_set(clean: &[ImageRow], cloaked: &[ImageRow], splits: &Splits) -> Result<Set> {
     let originals: HashMap<&str, &ImageRow> = clean.iter().map(|r| (r.image_id.as_str(), r)).collect();
     let mut pictures = Vec::new();
-    for r in cloaked.iter().filter(|r| r.status == Status::Ok && r.uri != r.original_uri && splits.public.contains(&r.identity)) {
+    let replaced = images::replaced(clean, cloaked);
+    for r in cloaked.iter().filter(|r| r.status == Status::Ok && replaced.contains(&r.image_id) && splits.public.contains(&r.identity)) {
         pictures.push((r.picture()?, 1));
         if let Some(o) = originals.get(r.image_id.as_str()).filter(|o| o.status == Status::Ok) {
             pictures.push((o.picture()?, 0));
@@ -240,9 +241,13 @@ fn evaluated_clean(clean: &[ImageRow], splits: &Splits) -> Result<Vec<(Picture, 
     clean.iter().filter(|r| r.status == Status::Ok && !splits.public.contains(&r.identity)).map(|r| Ok((r.picture()?, 0))).collect()
 }
 
-/// The cloaked pictures of evaluated identities.
-fn evaluated_cloaked(rows: &[ImageRow], splits: &Splits) -> Result<Vec<(Picture, usize)>> {
-    rows.iter().filter(|r| r.status == Status::Ok && r.uri != r.original_uri && !splits.public.contains(&r.identity)).map(|r| Ok((r.picture()?, 1))).collect()
+/// The cloaked pictures of evaluated identities (those `rows` holds in place of `clean`'s).
+fn evaluated_cloaked(clean: &[ImageRow], rows: &[ImageRow], splits: &Splits) -> Result<Vec<(Picture, usize)>> {
+    let replaced = images::replaced(clean, rows);
+    rows.iter()
+        .filter(|r| r.status == Status::Ok && replaced.contains(&r.image_id) && !splits.public.contains(&r.identity))
+        .map(|r| Ok((r.picture()?, 1)))
+        .collect()
 }
 
 /// A trained detector.

@@ -52,10 +52,11 @@ impl StageConfig for Mix {
         let clean = images::read(&ctx.read("images")?)?;
         let cloaked = images::read(&ctx.read("cloaked_images")?)?;
         let splits = splits::read(&ctx.read("splits")?)?;
-        let keep = self.kept_cloaked(&cloaked, &splits);
+        let replaced = images::replaced(&clean, &cloaked);
+        let keep = self.kept_cloaked(&cloaked, &replaced, &splits);
         let by_id: HashMap<&str, &ImageRow> = cloaked.iter().map(|r| (r.image_id.as_str(), r)).collect();
         let rows: Vec<ImageRow> = clean.iter().map(|r| if keep.contains(&r.image_id) { by_id[r.image_id.as_str()].clone() } else { r.clone() }).collect();
-        let offered = cloaked.iter().filter(|r| is_cloaked_training(r, &splits)).count();
+        let offered = cloaked.iter().filter(|r| is_cloaked_training(r, &replaced, &splits)).count();
         ctx.report.push(format!("mix: fraction {}: {} of {offered} protected training pictures scraped cloaked", self.fraction, keep.len()));
         let batch = images::batch(CLOAKED, &rows)?;
         ctx.write("scraped_images", batch.schema(), &[batch])?;
@@ -63,17 +64,17 @@ impl StageConfig for Mix {
     }
 }
 
-/// A protected user's cloaked training picture.
-fn is_cloaked_training(row: &ImageRow, splits: &Splits) -> bool {
-    row.uri != row.original_uri && splits.by_image.get(&row.image_id).is_some_and(|(who, side)| *side == Side::Train && splits.protected.contains(who))
+/// A protected user's cloaked training picture (`replaced`: the ids the cloak replaced).
+fn is_cloaked_training(row: &ImageRow, replaced: &HashSet<String>, splits: &Splits) -> bool {
+    replaced.contains(&row.image_id) && splits.by_image.get(&row.image_id).is_some_and(|(who, side)| *side == Side::Train && splits.protected.contains(who))
 }
 
 impl Mix {
     /// The image ids scraped cloaked: per protected user, the first round(fraction x n) of
     /// their cloaked training pictures in an order drawn from the seed and the user's name.
-    fn kept_cloaked(&self, cloaked: &[ImageRow], splits: &Splits) -> HashSet<String> {
+    fn kept_cloaked(&self, cloaked: &[ImageRow], replaced: &HashSet<String>, splits: &Splits) -> HashSet<String> {
         let mut by_user: HashMap<&str, Vec<&str>> = HashMap::new();
-        for r in cloaked.iter().filter(|r| is_cloaked_training(r, splits)) {
+        for r in cloaked.iter().filter(|r| is_cloaked_training(r, replaced, splits)) {
             by_user.entry(r.identity.as_str()).or_default().push(r.image_id.as_str());
         }
         let mut keep = HashSet::new();
@@ -115,16 +116,20 @@ mod tests {
 
     #[test]
     fn shares_are_nested_and_zero_and_one_are_exact() {
-        let cloaked: Vec<ImageRow> = (0..20).map(|i| row(&format!("p{i:02}"), "ann", true)).chain([row("x", "bob", false)]).collect();
+        // A framing filter ran before the cloak: every picture is a copy, "f" one the cloak left.
+        let framed = ImageRow { uri: "/run/filtered/frame/ann/f.png".into(), ..row("f", "ann", false) };
+        let cloaked: Vec<ImageRow> = (0..20).map(|i| row(&format!("p{i:02}"), "ann", true)).chain([row("x", "bob", false), framed.clone()]).collect();
+        let clean: Vec<ImageRow> = (0..20).map(|i| row(&format!("p{i:02}"), "ann", false)).chain([row("x", "bob", false), framed]).collect();
+        let replaced = images::replaced(&clean, &cloaked);
         let mut splits = Splits::default();
         for r in &cloaked {
             splits.by_image.insert(r.image_id.clone(), (r.identity.clone(), Side::Train));
         }
         splits.protected.insert("ann".into());
         assert_eq!(splits.role("ann"), Role::Protected);
-        let kept = |f: f64| Mix { fraction: f, seed: 3 }.kept_cloaked(&cloaked, &splits);
+        let kept = |f: f64| Mix { fraction: f, seed: 3 }.kept_cloaked(&cloaked, &replaced, &splits);
         assert!(kept(0.0).is_empty());
-        assert_eq!(kept(1.0).len(), 20);
+        assert_eq!(kept(1.0).len(), 20, "the framed picture the cloak left is not counted as cloaked");
         let (quarter, half) = (kept(0.25), kept(0.5));
         assert_eq!((quarter.len(), half.len()), (5, 10));
         assert!(quarter.is_subset(&half) && half.is_subset(&kept(0.75)));

@@ -200,6 +200,15 @@ pub fn ok_pictures(batches: &[RecordBatch]) -> Result<Vec<Picture>> {
     read(batches)?.iter().filter(|r| r.status == Status::Ok).map(ImageRow::picture).collect()
 }
 
+/// The ids of the rows of `after` whose picture is not the one `before` holds under the same id:
+/// the pictures a stage replaced (a cloak, a filter), given the table that stage read. Not
+/// `uri != original_uri`: once a stage in front of it (a framing filter) has replaced every
+/// picture, that says "copied" of every row, cloaked or not.
+pub fn replaced(before: &[ImageRow], after: &[ImageRow]) -> std::collections::HashSet<String> {
+    let uris: HashMap<&str, &str> = before.iter().map(|r| (r.image_id.as_str(), r.uri.as_str())).collect();
+    after.iter().filter(|r| uris.get(r.image_id.as_str()).is_some_and(|u| *u != r.uri)).map(|r| r.image_id.clone()).collect()
+}
+
 /// The ids of the rows whose picture is the dataset's own file (not a copy made by a stage).
 pub fn unchanged(rows: &[ImageRow]) -> std::collections::HashSet<String> {
     rows.iter().filter(|r| r.uri == r.original_uri).map(|r| r.image_id.clone()).collect()
@@ -261,5 +270,14 @@ mod tests {
         assert_eq!(swapped[1], row("b"));
         let pictures = ok_pictures(&[batch(CLOAKED, &swapped).unwrap()]).unwrap();
         assert_eq!((pictures[0].root(), pictures[0].key()), ("/run/c", "ann/a.png"));
+    }
+
+    #[test]
+    fn replaced_pictures_are_those_the_stage_changed_not_every_copy() {
+        let framed = |id: &str| ImageRow { uri: format!("/run/filtered/ann/{id}.png"), ..row(id) };
+        let before = vec![framed("a"), framed("b"), row("c")];
+        let after = vec![ImageRow { uri: "/run/cloaked/ann/a.png".into(), ..framed("a") }, framed("b"), row("c")];
+        assert!(after.iter().all(|r| r.image_id == "c" || r.uri != r.original_uri), "every framed row is a copy");
+        assert_eq!(replaced(&before, &after), ["a".to_owned()].into());
     }
 }
