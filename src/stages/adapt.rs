@@ -81,11 +81,9 @@ impl StageConfig for Adapt {
         let clean_rows = images::read(&ctx.read("images")?)?;
         let cloaked_rows = images::read(&ctx.read("cloaked_images")?)?;
         let replaced = images::replaced(&clean_rows, &cloaked_rows);
-        let ok_pictures = |rows: &[ImageRow], keep: &dyn Fn(&ImageRow) -> bool| -> Result<Vec<Picture>> {
-            rows.iter().filter(|r| r.status == Status::Ok && keep(r)).map(ImageRow::picture).collect()
-        };
-        let clean = ok_pictures(&clean_rows, &|_| true)?;
-        let cloaked = ok_pictures(&cloaked_rows, &|r| replaced.contains(&r.image_id))?;
+        let clean: Vec<Picture> = clean_rows.iter().filter(|r| r.status == Status::Ok).map(ImageRow::picture).collect::<Result<_>>()?;
+        let cloaked: Vec<Picture> =
+            cloaked_rows.iter().filter(|r| r.status == Status::Ok && replaced.contains(&r.image_id)).map(ImageRow::picture).collect::<Result<_>>()?;
         let labelled = |pictures: Vec<Picture>| -> Vec<(Picture, usize)> {
             pictures.into_iter().filter_map(|p| index.get(p.identity.as_str()).map(|&l| (p, l))).collect()
         };
