@@ -4,6 +4,11 @@
 //! label; the evaluated users take no part. The fine-tuned network is written under
 //! `<run>/checkpoints/<stage>/` and described in `tuned_models`, which `embed` and `finetune`
 //! stages read through their `weights` slot.
+//!
+//! Wired to one cloak table (the default), the stage fans out with the cloak: one robust model
+//! per tool. Wired to several (`cloaked_images = "cloaked_images[*]"`), it trains one model on
+//! every tool's cloaks at once, as FaceCure's `train_robust_features.py` did with Fawkes v1.0,
+//! Fawkes v0.3 and LowKey pictures.
 
 use std::collections::HashMap;
 
@@ -76,22 +81,12 @@ impl StageConfig for Adapt {
         if public.is_empty() {
             bail!("the adaptive trainer learns from public identities, and the split names none (set split.public or split.public_count)");
         }
-        let index: HashMap<&str, usize> = public.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
-        // The public identities' clean pictures, and their cloaked copies, with their labels.
         let clean_rows = images::read(&ctx.read("images")?)?;
-        let cloaked_rows = images::read(&ctx.read("cloaked_images")?)?;
-        let replaced = images::replaced(&clean_rows, &cloaked_rows);
-        let clean: Vec<Picture> = clean_rows.iter().filter(|r| r.status == Status::Ok).map(ImageRow::picture).collect::<Result<_>>()?;
-        let cloaked: Vec<Picture> =
-            cloaked_rows.iter().filter(|r| r.status == Status::Ok && replaced.contains(&r.image_id)).map(ImageRow::picture).collect::<Result<_>>()?;
-        let labelled = |pictures: Vec<Picture>| -> Vec<(Picture, usize)> {
-            pictures.into_iter().filter_map(|p| index.get(p.identity.as_str()).map(|&l| (p, l))).collect()
-        };
-        let (clean, cloaked) = (labelled(clean), labelled(cloaked));
-        let n_cloaked = cloaked.len();
-        let training: Vec<(Picture, usize)> = clean.into_iter().chain(cloaked).collect();
-        if let Some(p) = training.iter().find(|(p, _)| !splits.public.contains(&p.identity)) {
-            bail!("{}: an evaluated user's picture would train the adaptive model", p.0.uri);
+        let cloaks: Vec<Vec<ImageRow>> = ctx.read_labelled("cloaked_images")?.into_iter().map(|(_, batches)| images::read(&batches)).collect::<Result<_>>()?;
+        let TrainingSet { pictures: training, cloaked_per_cloak } = training_set(&public, &clean_rows, &cloaks)?;
+        let n_cloaked: usize = cloaked_per_cloak.iter().sum();
+        if let Some((p, _)) = training.iter().find(|(p, _)| !splits.public.contains(&p.identity)) {
+            bail!("{}: an evaluated user's picture would train the adaptive model", p.uri);
         }
         let faces = faces::read(&ctx.read("faces")?)?;
         let alignment = Alignment::from_card(&models::card(&self.model)?)?;
@@ -100,7 +95,13 @@ impl StageConfig for Adapt {
         for why in left_out {
             ctx.skip(format!("{why}: not trained on"));
         }
-        ctx.log(&format!("{} on {} pictures ({n_cloaked} cloaked) of {} public identities", self.model, crops.len(), public.len()));
+        ctx.log(&format!(
+            "{} on {} pictures ({n_cloaked} cloaked: {cloaked_per_cloak:?} by each of {} cloaks) of {} public identities",
+            self.model,
+            crops.len(),
+            cloaks.len(),
+            public.len()
+        ));
         let checkpoints = ctx.checkpoints();
         let tuned =
             fine_tune(&self.model, None, self.device.resolve()?, &crops, public.len(), &schedule, &checkpoints, ctx.progress(schedule.steps(), "steps"))?;
@@ -126,5 +127,92 @@ impl StageConfig for Adapt {
         let batch = tuned_models::batch(&[row])?;
         ctx.write("tuned_models", batch.schema(), &[batch])?;
         Ok(())
+    }
+}
+
+/// What the adaptive model trains on: every public identity's clean pictures and, from each cloak
+/// table, the copies that cloak made of them, each with its identity's label.
+#[derive(Debug)]
+struct TrainingSet {
+    pictures: Vec<(Picture, usize)>,
+    /// How many cloaked copies each cloak table gave, in the order of the tables.
+    cloaked_per_cloak: Vec<usize>,
+}
+
+/// The public identities' clean pictures in `clean`, then the pictures each table of `cloaks`
+/// replaced (a cloak table holds every row, the ones it left clean too). Several tables train
+/// one model on several tools' cloaks, as FaceCure's robust extractor learned from Fawkes v1.0,
+/// Fawkes v0.3 and LowKey pictures at once; each is compared with `clean` on its own, so a
+/// picture one cloak left alone is not taken for a cloaked copy because another cloak replaced it.
+fn training_set(public: &[String], clean: &[ImageRow], cloaks: &[Vec<ImageRow>]) -> Result<TrainingSet> {
+    let index: HashMap<&str, usize> = public.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    let mut pictures = labelled(clean.iter(), &index)?;
+    let mut cloaked_per_cloak = Vec::with_capacity(cloaks.len());
+    for rows in cloaks {
+        let replaced = images::replaced(clean, rows);
+        let cloaked = labelled(rows.iter().filter(|r| replaced.contains(&r.image_id)), &index)?;
+        cloaked_per_cloak.push(cloaked.len());
+        pictures.extend(cloaked);
+    }
+    Ok(TrainingSet { pictures, cloaked_per_cloak })
+}
+
+/// The decoded pictures among `rows` of the identities `index` labels, with their labels.
+fn labelled<'a>(rows: impl Iterator<Item = &'a ImageRow>, index: &HashMap<&str, usize>) -> Result<Vec<(Picture, usize)>> {
+    rows.filter(|r| r.status == Status::Ok).filter_map(|r| index.get(r.identity.as_str()).map(|&l| Ok((r.picture()?, l)))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(who: &str, id: &str, root: &str) -> ImageRow {
+        ImageRow {
+            image_id: id.into(),
+            identity: who.into(),
+            uri: format!("{root}/{who}/{id}.png"),
+            rel_path: format!("{who}/{id}.png"),
+            status: Status::Ok,
+            error: None,
+            format: Some("png".into()),
+            width: Some(4),
+            height: Some(4),
+            exif_orientation: Some(1),
+            bytes: 10,
+            sha256: Some("00".into()),
+            original_uri: format!("/data/{who}/{id}.png"),
+        }
+    }
+
+    #[test]
+    fn each_cloak_gives_only_the_copies_it_made() {
+        let public = vec!["pia".to_owned(), "pat".to_owned()];
+        // Framed pictures (every row a copy of the dataset's file); "eve" is evaluated.
+        let clean = vec![row("pia", "a", "/run/frame"), row("pia", "b", "/run/frame"), row("pat", "c", "/run/frame"), row("eve", "d", "/run/frame")];
+        let fawkes = vec![row("pia", "a", "/run/fawkes"), row("pia", "b", "/run/frame"), row("pat", "c", "/run/fawkes"), row("eve", "d", "/run/fawkes")];
+        let lowkey = vec![row("pia", "a", "/run/frame"), row("pia", "b", "/run/lowkey"), row("pat", "c", "/run/frame"), row("eve", "d", "/run/frame")];
+        let set = training_set(&public, &clean, &[fawkes, lowkey]).unwrap();
+        let uris: Vec<(&str, usize)> = set.pictures.iter().map(|(p, l)| (p.uri.as_str(), *l)).collect();
+        assert_eq!(
+            uris,
+            [
+                ("/run/frame/pia/a.png", 0),
+                ("/run/frame/pia/b.png", 0),
+                ("/run/frame/pat/c.png", 1),
+                ("/run/fawkes/pia/a.png", 0),
+                ("/run/fawkes/pat/c.png", 1),
+                ("/run/lowkey/pia/b.png", 0)
+            ]
+        );
+        assert_eq!(set.cloaked_per_cloak, [2, 1]);
+    }
+
+    #[test]
+    fn a_failed_picture_trains_nothing() {
+        let public = vec!["pia".to_owned()];
+        let clean = vec![row("pia", "a", "/data"), ImageRow { status: Status::Error, error: Some("truncated".into()), ..row("pia", "b", "/data") }];
+        let set = training_set(&public, &clean, &[vec![row("pia", "a", "/run/lowkey"), row("pia", "b", "/data")]]).unwrap();
+        assert_eq!(set.pictures.len(), 2);
+        assert_eq!(set.cloaked_per_cloak, [1]);
     }
 }
