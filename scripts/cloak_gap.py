@@ -3,8 +3,9 @@
     .venv/bin/python scripts/cloak_gap.py runs/adaptive_lowkey_lfw
 
 Reads a run's `splits` and the embeddings of its fraction-0 and fraction-1 cells (the baseline's
-`embeddings-<cloak>-{0,1}-<model>` and the adaptive trainer's `adaptive_embeddings-<cloak>-{0,1}-
-<schedule>`), and prints for each trainer, over the protected users (cosine similarity):
+`embeddings-<cloak>-{0,1}-<model>` and every other trainer's `<trainer>_embeddings-<cloak>-{0,1}...`,
+such as `adaptive_embeddings-<cloak>-{0,1}-<schedule>`), and prints for each trainer, over the
+protected users (cosine similarity):
 
 - `same picture`: a training picture cloaked against the same picture clean (1 = the cloak moved
   nothing in this model's eyes);
@@ -35,17 +36,20 @@ def embeddings(path):
 
 
 def pairs(run):
-    """(cell, fraction-0 file, fraction-1 file) for every pair of cells the run has."""
+    """(cell, fraction-0 file, fraction-1 file) for every pair of cells the run has: the baseline's
+    `embeddings-*` and every other trainer's `<trainer>_embeddings-*` (`adaptive_embeddings-*`,
+    `adaptive_facenet_embeddings-*`)."""
     found = []
-    for prefix, trainer in (("embeddings-", "baseline"), ("adaptive_embeddings-", "adaptive")):
-        for zero in sorted(glob.glob(os.path.join(run, f"{prefix}*.parquet"))):
-            match = re.fullmatch(r"(.+?)-0(-.+)?", os.path.basename(zero)[len(prefix) : -len(".parquet")])
-            if not match:
-                continue
-            cloak, rest = match.group(1), match.group(2) or ""
-            one = os.path.join(run, f"{prefix}{cloak}-1{rest}.parquet")
-            if os.path.exists(one):
-                found.append((f"{cloak}, {trainer}{rest.replace('-', ' ', 1)[:40]}", zero, one))
+    for zero in sorted(glob.glob(os.path.join(run, "*embeddings-*.parquet"))):
+        prefix, cell = os.path.basename(zero)[: -len(".parquet")].split("embeddings-", 1)
+        match = re.fullmatch(r"(.+?)-0(-.+)?", cell)
+        if prefix == "clean_" or not match:
+            continue
+        trainer = prefix.rstrip("_") or "baseline"
+        cloak, rest = match.group(1), match.group(2) or ""
+        one = os.path.join(run, f"{prefix}embeddings-{cloak}-1{rest}.parquet")
+        if os.path.exists(one):
+            found.append((f"{cloak}, {trainer}{rest.replace('-', ' ', 1)[:40]}", zero, one))
     return found
 
 
